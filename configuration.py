@@ -1,0 +1,168 @@
+"""Configuration of the music-genre Mixture-of-Experts model.
+
+Every architecture, loss and preprocessing setting lives here, so a saved model (`config.json`)
+carries everything needed to rebuild it and to turn audio into the features it was trained on.
+"""
+
+from transformers import PretrainedConfig
+
+# The seed's five genres, in the seed's order. synth.GENRE_GENERATORS follows this order; a test
+# keeps the two in step.
+DEFAULT_GENRES = ("jazz", "blues", "rock", "pop", "classical")
+NUM_FEATURES = 59  # features.N_FEATURES; repeated here so the config imports without librosa
+SAMPLING_RATE = 22050  # features.SAMPLE_RATE; the same reason
+
+
+class MusicGenreMoEConfig(PretrainedConfig):
+    r"""
+    Configuration for [`MusicGenreMoE`]. The defaults reproduce the seed notebook's architecture
+    (about 175k parameters for five genres).
+
+    Args:
+        num_features (`int`, *optional*, defaults to 59):
+            Width of the input feature vector (see `features.FEATURE_NAMES`).
+        hidden_size (`int`, *optional*, defaults to 128):
+            Width of the shared encoder's output, read by every expert and by the gate.
+        expert_hidden_size (`int`, *optional*, defaults to 64):
+            Width of each expert's residual blocks.
+        expert_output_size (`int`, *optional*, defaults to 32):
+            Width of each expert's output; the fused embedding has this width.
+        num_expert_blocks (`int`, *optional*, defaults to 2):
+            Residual (skip-connection) blocks per expert.
+        gate_hidden_sizes (`list[int]`, *optional*, defaults to `[64, 32]`):
+            Hidden widths of the 3-layer gating network.
+        classifier_hidden_size (`int`, *optional*, defaults to 64):
+            Hidden width of the classifier head.
+        encoder_dropout (`float`, *optional*, defaults to 0.3):
+            Dropout inside the shared encoder.
+        classifier_dropout (`float`, *optional*, defaults to 0.15):
+            Dropout inside the classifier head.
+        gate_noise_std (`float`, *optional*, defaults to 1.0):
+            Standard deviation of the Gaussian noise added to the gate logits in training only.
+        num_experts_per_tok (`int` or `None`, *optional*, defaults to `None`):
+            Sparse top-k gating: keep only the k largest gate weights (renormalised). `None` is dense.
+        expert_type (`str`, *optional*, defaults to `"mlp"`):
+            `"mlp"` (Linear layers) or `"kan"` (Kolmogorov-Arnold layers from `kan.py`) inside experts.
+        kan_grid_size (`int`, *optional*, defaults to 5):
+            Spline intervals of each KAN layer.
+        kan_spline_order (`int`, *optional*, defaults to 3):
+            B-spline order of each KAN layer.
+        label_smoothing (`float`, *optional*, defaults to 0.1):
+            Label smoothing of the cross-entropy term.
+        load_balance_weight (`float`, *optional*, defaults to 0.05):
+            Weight of the Switch-style load-balance term.
+        entropy_weight (`float`, *optional*, defaults to 0.01):
+            Weight of the gate-entropy term (the seed's "diversity" loss; it rewards spreading weight).
+        routing_weight (`float`, *optional*, defaults to 0.5):
+            Weight of the routing term: cross-entropy between the gate and the label, which ties expert
+            i to genre i. Without it the gate has no reason to route by genre (see DESIGN.md).
+        kan_reg_weight (`float`, *optional*, defaults to 1e-4):
+            Weight of the KAN spline regulariser (used only when `expert_type="kan"`).
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Unused by the default init (PyTorch's Kaiming-uniform init trains this small network
+            better); kept for transformers' tooling.
+        feature_mean (`list[float]` or `None`, *optional*):
+            Per-feature mean of the training split, length `num_features`. `None` until trained.
+        feature_std (`list[float]` or `None`, *optional*):
+            Per-feature standard deviation of the training split, length `num_features`.
+        sampling_rate (`int`, *optional*, defaults to 22050):
+            Sample rate the features were computed at; audio is resampled to it.
+        clip_seconds (`float`, *optional*, defaults to 5.0):
+            Length of one analysis window. Songs are cut into windows of this length and the window
+            predictions averaged: 5 s holds two to four bars at common tempi, enough for a stable
+            tempo and chroma estimate, and gives six windows per 30-s GTZAN clip.
+        prototypes (`dict[str, list[float]]`, *optional*, defaults to `{}`):
+            Few-shot genres added with `model.add_genre`: genre name -> mean fused embedding.
+        id2label / label2id (`dict`, *optional*):
+            The trained genres; defaults to `DEFAULT_GENRES`.
+    """
+
+    model_type = "music-genre-moe"
+
+    def __init__(
+        self,
+        num_features=NUM_FEATURES,
+        hidden_size=128,
+        expert_hidden_size=64,
+        expert_output_size=32,
+        num_expert_blocks=2,
+        gate_hidden_sizes=None,
+        classifier_hidden_size=64,
+        encoder_dropout=0.3,
+        classifier_dropout=0.15,
+        gate_noise_std=1.0,
+        num_experts_per_tok=None,
+        expert_type="mlp",
+        kan_grid_size=5,
+        kan_spline_order=3,
+        label_smoothing=0.1,
+        load_balance_weight=0.05,
+        entropy_weight=0.01,
+        routing_weight=0.5,
+        kan_reg_weight=1e-4,
+        initializer_range=0.02,
+        feature_mean=None,
+        feature_std=None,
+        sampling_rate=SAMPLING_RATE,
+        clip_seconds=5.0,
+        prototypes=None,
+        **kwargs,
+    ):
+        if "id2label" not in kwargs and "num_labels" not in kwargs:
+            kwargs["id2label"] = dict(enumerate(DEFAULT_GENRES))
+            kwargs["label2id"] = {g: i for i, g in enumerate(DEFAULT_GENRES)}
+        self.num_features = int(num_features)
+        self.hidden_size = hidden_size
+        self.expert_hidden_size = expert_hidden_size
+        self.expert_output_size = expert_output_size
+        self.num_expert_blocks = num_expert_blocks
+        self.gate_hidden_sizes = list(gate_hidden_sizes) if gate_hidden_sizes is not None else [64, 32]
+        self.classifier_hidden_size = classifier_hidden_size
+        self.encoder_dropout = encoder_dropout
+        self.classifier_dropout = classifier_dropout
+        self.gate_noise_std = gate_noise_std
+        self.num_experts_per_tok = num_experts_per_tok
+        self.expert_type = expert_type
+        self.kan_grid_size = kan_grid_size
+        self.kan_spline_order = kan_spline_order
+        self.label_smoothing = label_smoothing
+        self.load_balance_weight = load_balance_weight
+        self.entropy_weight = entropy_weight
+        self.routing_weight = routing_weight
+        self.kan_reg_weight = kan_reg_weight
+        self.initializer_range = initializer_range
+        self.feature_mean = _stats_list(feature_mean, "feature_mean", self.num_features)
+        self.feature_std = _stats_list(feature_std, "feature_std", self.num_features)
+        self.sampling_rate = int(sampling_rate)
+        self.clip_seconds = float(clip_seconds)
+        self.prototypes = {str(k): [float(x) for x in v] for k, v in (prototypes or {}).items()}
+        super().__init__(**kwargs)
+        self._validate()
+
+    def _validate(self):
+        if self.expert_type not in ("mlp", "kan"):
+            raise ValueError(f"expert_type must be 'mlp' or 'kan', got {self.expert_type!r}")
+        k = self.num_experts_per_tok
+        if k is not None and not 1 <= k <= self.num_labels:
+            raise ValueError(f"num_experts_per_tok must be None or in [1, {self.num_labels}], got {k!r}")
+        if len(self.gate_hidden_sizes) != 2:
+            raise ValueError(f"gate_hidden_sizes must hold 2 widths (a 3-layer gate), got {self.gate_hidden_sizes!r}")
+
+    @property
+    def genres(self):
+        """The trained genres in label order."""
+        return [self.id2label[i] for i in range(self.num_labels)]
+
+    @property
+    def has_feature_stats(self):
+        return self.feature_mean is not None and self.feature_std is not None
+
+
+def _stats_list(values, name, width):
+    """Normalisation stats as a plain list of `width` floats (JSON-friendly), or None."""
+    if values is None:
+        return None
+    values = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+    if len(values) != width:
+        raise ValueError(f"{name} must hold {width} values (one per feature), got {len(values)}")
+    return values
