@@ -21,9 +21,9 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 try:
-    from .configuration import MusicGenreMoEConfig
+    from .configuration import DEFAULT_GENRES, MusicGenreMoEConfig
 except ImportError:  # running from a checkout, not as a Hub dynamic module
-    from configuration import MusicGenreMoEConfig
+    from configuration import DEFAULT_GENRES, MusicGenreMoEConfig
 
 try:
     from .kan import KANLinear
@@ -456,8 +456,82 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         return names, (-torch.cdist(embedding, protos).pow(2)).softmax(-1)
 
 
+# ----------------------------------------------------------------------------------------------
+# The seed notebook's API, kept for its users
+
+
+def load_moe_model(path):
+    """Load a run's `moe_genre_checkpoint.pt` (or a `save_pretrained` folder).
+
+    Returns:
+        (model in eval mode, feat_mean (59,) float32, feat_std (59,) float32, genres list)
+    """
+    import os
+
+    if os.path.isdir(path):
+        model = MusicGenreMoE.from_pretrained(path)
+    else:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            config, state = MusicGenreMoEConfig.from_dict(ckpt["config"]), ckpt["model_state_dict"]
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # truncated file, wrong pickle, missing keys
+            raise ValueError(f"{path}: not a music-genre-moe checkpoint ({type(e).__name__}: {e})") from e
+        model = MusicGenreMoE(config)
+        model.load_state_dict(state)
+    model.eval()
+    c = model.config
+    if not c.has_feature_stats:
+        raise ValueError(f"{path}: the checkpoint has no feature_mean/feature_std (expected a trained model)")
+    return (model, np.asarray(c.feature_mean, np.float32), np.asarray(c.feature_std, np.float32), c.genres)
+
+
+def predict_audio_file(path, model, feat_mean=None, feat_std=None):
+    """Seed API: (probs (num_genres,), gate_weights (num_experts,), predicted_genre) for an audio file.
+
+    `feat_mean`/`feat_std` default to the stats in the model's config; passing them overrides it.
+    Long files are cut into windows and averaged, as in `MusicGenreMoE.predict_audio`.
+    """
+    feats = torch.as_tensor(model._window_features(path))
+    if feat_mean is not None or feat_std is not None:
+        if feat_mean is None or feat_std is None:
+            raise ValueError("predict_audio_file: pass both feat_mean and feat_std, or neither")
+        feats = (feats - torch.as_tensor(np.asarray(feat_mean, np.float32))) / torch.as_tensor(
+            np.asarray(feat_std, np.float32))
+        normalised = True
+    else:
+        normalised = False
+    model.eval()
+    with torch.no_grad():
+        out = model(feats, already_normalised=normalised)
+    probs = out.logits.softmax(-1).mean(0).numpy()
+    gates = out.gate_weights.mean(0).numpy()
+    return probs, gates, model.config.genres[int(probs.argmax())]
+
+
+def pretty_predict(name, probs, gate_weights, pred, genres=None, width=30):
+    """Print the seed's report: probabilities as bars (█░) and gate weights as dots (▪·)."""
+    genres = list(genres or DEFAULT_GENRES)  # the seed called it with its five genres
+    rule = "─" * 55
+    lines = [rule, f"🎵 {name}", rule,
+             f"Predicted genre : {pred.upper()} ({probs[genres.index(pred)]:.0%} confidence)", rule,
+             "Genre probabilities:"]
+    for i in np.argsort(probs)[::-1]:
+        n = int(round(probs[i] * width))
+        lines.append(f"  {genres[i]:<10} [{'█' * n}{'░' * (width - n)}] {probs[i]:.0%}")
+    lines.append("Expert gate weights:")
+    for i in np.argsort(gate_weights)[::-1]:
+        n = int(round(gate_weights[i] * 21))
+        lines.append(f"  {genres[i]:<10} [{'▪' * n}{'·' * (21 - n)}] {gate_weights[i]:.2f}")
+    lines.append(rule)
+    print("\n".join(lines))
+    return "\n".join(lines)
+
+
 def _is_single_vector(features):
     return np.ndim(features) == 1 if not isinstance(features, torch.Tensor) else features.dim() == 1
 
 
-__all__ = ["MusicGenreMoE", "MusicGenreMoEOutput", "GenreExpert", "GatingNetwork", "as_feature_tensor"]
+__all__ = ["MusicGenreMoE", "MusicGenreMoEOutput", "GenreExpert", "GatingNetwork", "as_feature_tensor",
+           "load_moe_model", "predict_audio_file", "pretty_predict"]

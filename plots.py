@@ -1,0 +1,143 @@
+"""The run's figures, one function per PNG. Each takes plain arrays and a path, and closes its figure."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on training machines or in CI
+import matplotlib.pyplot as plt
+import numpy as np
+
+GENRE_COLOURS = plt.get_cmap("tab10")
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def genre_spectrograms(clips, sr, path):
+    """Waveform (top) and log-mel spectrogram (bottom) of one clip per genre. clips: {genre: (samples,)}."""
+    import librosa
+    import librosa.display
+
+    fig, axes = plt.subplots(2, len(clips), figsize=(3.6 * len(clips), 6), squeeze=False)
+    for j, (genre, y) in enumerate(clips.items()):
+        t = np.arange(len(y)) / sr
+        axes[0, j].plot(t, y, lw=0.3, color=GENRE_COLOURS(j))
+        axes[0, j].set(title=genre, xlabel="time (s)", ylim=(-1, 1))
+        mel = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, n_mels=96), ref=np.max)
+        librosa.display.specshow(mel, sr=sr, x_axis="time", y_axis="mel", ax=axes[1, j], cmap="magma")
+        axes[1, j].set(title=f"{genre}: log-mel")
+    axes[0, 0].set_ylabel("amplitude")
+    return _save(fig, path)
+
+
+def training_curves(history, best_epoch, path):
+    """Loss terms and accuracy per epoch, train against validation; the kept epoch marked."""
+    ep = np.arange(1, len(history["train_loss"]) + 1)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(ep, history["train_loss"], label="train")
+    axes[0].plot(ep, history["val_loss"], label="validation")
+    axes[0].set(title="total loss", xlabel="epoch")
+    axes[1].plot(ep, history["train_acc"], label="train")
+    axes[1].plot(ep, history["val_acc"], label="validation")
+    axes[1].set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
+    for term in ("ce_loss", "routing_loss", "load_balance_loss", "entropy_loss"):
+        axes[2].plot(ep, history[f"val_{term}"], label=term.replace("_loss", ""))
+    axes[2].set(title="validation loss terms (unweighted)", xlabel="epoch")
+    for ax in axes:
+        ax.axvline(best_epoch, color="grey", ls=":", lw=1)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def confusion_matrix(cm, genres, path, title="Test confusion matrix"):
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(1.0 * len(genres) + 2.5, 1.0 * len(genres) + 2))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(len(genres)):
+        for j in range(len(genres)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set(xticks=range(len(genres)), yticks=range(len(genres)), xticklabels=genres, yticklabels=genres,
+           xlabel="predicted", ylabel="true", title=title)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    return _save(fig, path)
+
+
+def expert_gates(gate_mat, self_act, genres, path):
+    """Heatmap of mean gate weight (genre x expert) and a bar chart of each genre's self-activation."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    im = axes[0].imshow(gate_mat, cmap="viridis", vmin=0, vmax=1)
+    for i in range(len(genres)):
+        for j in range(gate_mat.shape[1]):
+            axes[0].text(j, i, f"{gate_mat[i, j]:.2f}", ha="center", va="center",
+                         color="black" if gate_mat[i, j] > 0.5 else "white", fontsize=8)
+    axes[0].set(xticks=range(gate_mat.shape[1]), yticks=range(len(genres)),
+                xticklabels=[f"{g} expert" for g in genres], yticklabels=genres,
+                xlabel="expert", ylabel="true genre of the test clips", title="Mean gate weight")
+    plt.setp(axes[0].get_xticklabels(), rotation=45, ha="right")
+    fig.colorbar(im, ax=axes[0])
+    vals = [self_act[g] for g in genres]
+    axes[1].bar(genres, vals, color=[GENRE_COLOURS(i) for i in range(len(genres))])
+    axes[1].axhline(1 / len(genres), color="grey", ls="--", lw=1, label="uniform routing")
+    for i, v in enumerate(vals):
+        axes[1].text(i, v + 0.02, f"{v:.2f}", ha="center")
+    axes[1].set(ylim=(0, 1.1), title="Self-activation: own expert's weight on own genre")
+    axes[1].legend()
+    return _save(fig, path)
+
+
+def roc_curves(labels, probs, genres, path):
+    from sklearn.metrics import auc, roc_curve
+
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    for i, g in enumerate(genres):
+        is_g = np.asarray(labels) == i
+        if 0 < is_g.sum() < len(is_g):
+            fpr, tpr, _ = roc_curve(is_g, probs[:, i])
+            ax.plot(fpr, tpr, color=GENRE_COLOURS(i), label=f"{g} (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="One-vs-rest ROC (test)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def radar_charts(gate_mat, genres, path):
+    """One polar plot per genre: the mean gate weight it gives each expert (its routing profile)."""
+    angles = np.linspace(0, 2 * np.pi, gate_mat.shape[1], endpoint=False).tolist()
+    fig, axes = plt.subplots(1, len(genres), figsize=(3.2 * len(genres), 3.6), subplot_kw={"polar": True})
+    for i, (g, ax) in enumerate(zip(genres, np.atleast_1d(axes))):
+        vals = gate_mat[i].tolist()
+        ax.plot(angles + angles[:1], vals + vals[:1], color=GENRE_COLOURS(i))
+        ax.fill(angles + angles[:1], vals + vals[:1], color=GENRE_COLOURS(i), alpha=0.3)
+        ax.set_xticks(angles)
+        ax.set_xticklabels(genres, fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{g} clips", pad=14)
+    return _save(fig, path)
+
+
+def feature_importance(importance, names, groups, path, top=20):
+    """Top features and feature groups by mean |d logit(true genre) / d input| on the test split."""
+    order = np.argsort(importance)[::-1][:top]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    axes[0].barh([names[i] for i in order][::-1], importance[order][::-1], color="tab:blue")
+    axes[0].set(title=f"Top {top} features (input-gradient saliency)", xlabel="mean |gradient|")
+    group_vals = {g: float(importance[idx].sum()) for g, idx in groups.items()}
+    axes[1].bar(list(group_vals), list(group_vals.values()), color="tab:orange")
+    axes[1].set(title="Importance by feature group (sum over the group)", ylabel="sum of mean |gradient|")
+    plt.setp(axes[1].get_xticklabels(), rotation=45, ha="right")
+    return _save(fig, path)
+
+
+def reliability_diagram(centres, acc_before, counts, acc_after, temperature, path):
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    w = 1 / len(centres)
+    ax.bar(centres, acc_before, width=w, alpha=0.5, edgecolor="k", label="before scaling")
+    ax.bar(centres, acc_after, width=w * 0.5, alpha=0.7, label=f"after (T = {temperature:.2f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability (test)", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    return _save(fig, path)
