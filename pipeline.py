@@ -1,0 +1,181 @@
+"""Audio front end for the Hub: a feature extractor and an audio-classification pipeline.
+
+`pipeline(model=repo_or_dir, trust_remote_code=True)("song.mp3")` must work with neither ffmpeg nor
+torchaudio, which the stock "audio-classification" pipeline needs for files and for resampling. So
+the exported `config.json` names this module's `MusicGenreClassificationPipeline` under
+`custom_pipelines["audio-classification"]`, and `preprocessor_config.json` maps `AutoFeatureExtractor`
+to `MusicGenreFeatureExtractor`. Both read and resample audio with `features.py` (soundfile/librosa).
+
+    file / bytes / array at any rate -> mono float32 at config.sampling_rate
+        -> clip_seconds windows -> raw features (n_windows, 59)                  (feature extractor)
+        -> model(already_normalised=False): z-score with the config's stats -> logits (n_windows, G)
+        -> softmax, mean over windows -> [{"label": genre, "score": p}, ...] best first
+
+The normalisation stats stay in the model's `config.json` only (one source of truth); the feature
+extractor returns raw features and the pipeline asks the model to normalise them.
+librosa and soundfile are needed only here, for audio: they are imported inside `features.py`'s
+`try:` blocks, so loading the model from feature vectors never touches them.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+from transformers import Pipeline
+from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
+
+try:
+    from .features import N_FEATURES, SAMPLE_RATE, extract_windows, load_audio, resample_audio
+except ImportError:  # running from a checkout, not as a Hub dynamic module
+    from features import N_FEATURES, SAMPLE_RATE, extract_windows, load_audio, resample_audio
+
+
+class MusicGenreFeatureExtractor(FeatureExtractionMixin):
+    r"""
+    Turns a waveform into the model's input: raw (not z-scored) 59-dim feature vectors, one per
+    `clip_seconds` window (`features.extract_windows`).
+
+    Args:
+        sampling_rate (`int`, *optional*, defaults to 22050):
+            Rate the features are computed at; other rates are resampled to it.
+        clip_seconds (`float`, *optional*, defaults to 5.0):
+            Window length; must match the model's `config.clip_seconds`.
+        feature_size (`int`, *optional*, defaults to 59):
+            Width of one feature vector.
+    """
+
+    model_input_names = ["input_features"]
+
+    def __init__(self, sampling_rate=SAMPLE_RATE, clip_seconds=5.0, feature_size=N_FEATURES, **kwargs):
+        super().__init__(**kwargs)
+        self.sampling_rate = int(sampling_rate)
+        self.clip_seconds = float(clip_seconds)
+        self.feature_size = int(feature_size)
+
+    def __call__(self, audio, sampling_rate=None, return_tensors=None, **kwargs):
+        """Features of one waveform or of a list of waveforms.
+
+        Args:
+            audio (`np.ndarray` of shape `(samples,)`, or a list of them): mono waveforms.
+            sampling_rate (`int`, *optional*): their sample rate; `None` means `self.sampling_rate`.
+                Any other rate is resampled (no torchaudio needed).
+            return_tensors (`str`, *optional*): `"pt"` or `"np"`.
+
+        Returns:
+            `BatchFeature` with `input_features` of shape `(total_windows, feature_size)` (windows of
+            every waveform, in order) and `num_windows` (one count per waveform).
+        """
+        waves = audio if isinstance(audio, (list, tuple)) and len(audio) and np.ndim(audio[0]) == 1 else [audio]
+        sr = self.sampling_rate if sampling_rate is None else int(sampling_rate)
+        feats = [self._windows(as_mono_waveform(w), sr) for w in waves]
+        data = {"input_features": np.concatenate(feats).astype(np.float32),
+                "num_windows": np.asarray([len(f) for f in feats], dtype=np.int64)}
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _windows(self, y, sr):
+        y = resample_audio(y, sr, self.sampling_rate)
+        return extract_windows(y, sr=self.sampling_rate, clip_seconds=self.clip_seconds)
+
+    def load(self, path):
+        """Read an audio file (WAV, FLAC, OGG, MP3, ...) as mono float32 at `self.sampling_rate`."""
+        return load_audio(path, sr=self.sampling_rate)
+
+
+def as_mono_waveform(audio):
+    """A 1-D float32 numpy waveform from an array, tensor or list; raises ValueError otherwise."""
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().numpy()
+    y = np.asarray(audio, dtype=np.float32)
+    if y.ndim != 1:
+        raise ValueError(
+            f"audio: expected a mono waveform of shape (samples,), got shape {y.shape}; "
+            "mix the channels down first, e.g. y.mean(axis=0)"
+        )
+    if y.size == 0:
+        raise ValueError("audio: expected a non-empty waveform, got 0 samples")
+    return y
+
+
+class MusicGenreClassificationPipeline(Pipeline):
+    """Genre of a song: `[{"label": genre, "score": probability}, ...]`, best first.
+
+    Inputs: a file path (WAV, FLAC, OGG, MP3: anything soundfile or librosa reads), the file's bytes,
+    a 1-D waveform at the feature extractor's rate, or a dict `{"raw" or "array": waveform,
+    "sampling_rate": rate}` at any rate. Songs of any length are cut into `clip_seconds` windows and
+    the window probabilities averaged, as `model.predict_audio` does.
+
+    Call options: `top_k` (default: every genre).
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = True
+    _load_tokenizer = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.feature_extractor is None:  # e.g. built by hand from a model object
+            c = self.model.config
+            self.feature_extractor = MusicGenreFeatureExtractor(
+                sampling_rate=c.sampling_rate, clip_seconds=c.clip_seconds, feature_size=c.num_features
+            )
+
+    def _sanitize_parameters(self, top_k=None, **kwargs):
+        postprocess = {}
+        if top_k is not None:
+            postprocess["top_k"] = int(top_k)
+        return {}, {}, postprocess
+
+    def preprocess(self, inputs):
+        y, sr = self._read(inputs)
+        feats = self.feature_extractor(y, sampling_rate=sr, return_tensors="pt")
+        return {"input_features": feats["input_features"]}
+
+    def _read(self, inputs):
+        """(waveform, sample rate) from any accepted input."""
+        fe = self.feature_extractor
+        if isinstance(inputs, str) or isinstance(inputs, os.PathLike):
+            return fe.load(inputs), fe.sampling_rate
+        if isinstance(inputs, (bytes, bytearray)):
+            return _load_bytes(bytes(inputs), fe.sampling_rate), fe.sampling_rate
+        if isinstance(inputs, dict):
+            key = "raw" if "raw" in inputs else "array" if "array" in inputs else None
+            if key is None or inputs.get("sampling_rate") is None:
+                raise ValueError(
+                    "audio dict: expected keys 'raw' (or 'array') and 'sampling_rate', "
+                    f"got {sorted(inputs)}"
+                )
+            return as_mono_waveform(inputs[key]), int(inputs["sampling_rate"])
+        if isinstance(inputs, (np.ndarray, torch.Tensor, list, tuple)):
+            return as_mono_waveform(inputs), fe.sampling_rate
+        raise TypeError(
+            "expected a file path, the file's bytes, a 1-D waveform or a dict with 'raw'/'array' and "
+            f"'sampling_rate', got {type(inputs).__name__}"
+        )
+
+    def _forward(self, model_inputs):
+        out = self.model(input_features=model_inputs["input_features"], already_normalised=False)
+        return {"logits": out.logits, "gate_weights": out.gate_weights}
+
+    def postprocess(self, model_outputs, top_k=None):
+        probs = model_outputs["logits"].float().softmax(-1).mean(0)  # average over windows
+        genres = [self.model.config.id2label[i] for i in range(probs.shape[-1])]
+        k = len(genres) if top_k is None else max(1, min(top_k, len(genres)))
+        scores, ids = probs.topk(k)
+        return [{"label": genres[i], "score": s} for s, i in zip(scores.tolist(), ids.tolist())]
+
+
+def _load_bytes(data, sr):
+    """Decode an audio file held in memory through a temporary file (features.load_audio reads paths)."""
+    fd, path = tempfile.mkstemp(prefix="genre-audio-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return load_audio(path, sr=sr)
+    finally:
+        os.unlink(path)
+
+
+__all__ = ["MusicGenreFeatureExtractor", "MusicGenreClassificationPipeline", "as_mono_waveform"]

@@ -1,0 +1,427 @@
+"""Export a training run as a Hugging Face Hub model repo, and push it in one commit.
+
+    python upload_to_hub.py --output-dir hub_export                 # export runs/latest, no push
+    python upload_to_hub.py --repo user/music-genre-moe             # export and push (one commit)
+    python upload_to_hub.py --repo user/music-genre-moe --run runs/gtzan --private --token hf_...
+    python upload_to_hub.py --write-default-config                  # regenerate the repo's config.json
+
+The export holds: config.json (the run's real feature_mean/feature_std, `auto_map` for AutoConfig,
+AutoModel and AutoModelForAudioClassification, `custom_pipelines` for the audio pipeline),
+model.safetensors (pytorch_model.bin only without safetensors), preprocessor_config.json (the
+feature extractor, `auto_map` for AutoFeatureExtractor), every code file the remote loader needs,
+walkthrough.ipynb when the repo has it, metrics.json, the run's figures and a README.md model card
+with the run's test metrics. The token (--token, else HF_TOKEN, else the saved login) is never printed.
+Any failure ends with one line on stderr and exit code 1; a half-written export is never left behind.
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_RUN = ROOT / "runs" / "latest"
+CHECKPOINT_NAME = "moe_genre_checkpoint.pt"
+
+# One key per Auto class, written explicitly (register_for_auto_class keeps only the last call).
+AUTO_MAP = {
+    "AutoConfig": "configuration.MusicGenreMoEConfig",
+    "AutoModel": "modeling.MusicGenreMoE",
+    "AutoModelForAudioClassification": "modeling.MusicGenreMoE",
+}
+FEATURE_EXTRACTOR_AUTO_MAP = {"AutoFeatureExtractor": "pipeline.MusicGenreFeatureExtractor"}
+# pipeline(model=..., trust_remote_code=True) takes the task from here when there is one entry, and
+# task="audio-classification" picks this class instead of the stock (ffmpeg/torchaudio) pipeline.
+CUSTOM_PIPELINES = {
+    "audio-classification": {
+        "impl": "pipeline.MusicGenreClassificationPipeline",
+        "pt": ["AutoModelForAudioClassification"],
+        "tf": [],
+        "type": "audio",
+    }
+}
+# Modules the remote loader imports; their `from .x import` siblings are added by `code_files`.
+ENTRY_MODULES = ("configuration.py", "modeling.py", "pipeline.py")
+NOTEBOOK = "walkthrough.ipynb"
+FIGURES = ("confusion_matrix.png", "expert_gates.png", "calibration.png", "roc_curves.png",
+           "training_curves.png", "radar_charts.png", "feature_importance.png", "genre_spectrograms.png")
+
+
+class UploadError(Exception):
+    """An expected failure: reported as one line, exit code 1."""
+
+
+# -- loading a run ------------------------------------------------------------------------------------
+
+
+def resolve_run(run=None, checkpoint=None):
+    """(model source, run folder) from --run/--checkpoint; the source is an hf_model folder or a .pt file."""
+    if checkpoint is not None:
+        src = Path(checkpoint)
+        if not src.exists():
+            raise UploadError(f"checkpoint not found: {src}")
+        run_dir = src.parent if src.is_file() or src.name == "hf_model" else src
+        if src.is_dir() and (src / "hf_model").is_dir():
+            src = src / "hf_model"
+        return src, run_dir
+    run_dir = Path(run) if run is not None else DEFAULT_RUN
+    if not run_dir.is_dir():
+        hint = " (train one with `python train.py`)" if run is None else ""
+        raise UploadError(f"run folder not found: {run_dir}{hint}")
+    if (run_dir / "hf_model" / "config.json").is_file():
+        return run_dir / "hf_model", run_dir
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        return run_dir / CHECKPOINT_NAME, run_dir
+    raise UploadError(f"no model in {run_dir}: expected hf_model/ or {CHECKPOINT_NAME}")
+
+
+def load_model(src):
+    """MusicGenreMoE from an hf_model folder (save_pretrained) or a train.py checkpoint (.pt)."""
+    from configuration import MusicGenreMoEConfig
+    from modeling import MusicGenreMoE
+
+    try:
+        if Path(src).is_dir():
+            model = MusicGenreMoE.from_pretrained(src)
+        else:
+            model = _model_from_checkpoint(src, MusicGenreMoEConfig, MusicGenreMoE)
+    except UploadError:
+        raise
+    except Exception as e:  # corrupt or foreign file: torch, safetensors and json raise many types
+        raise UploadError(f"cannot load checkpoint {src}: {type(e).__name__}: {_first_line(e)}") from e
+    check_feature_stats(model.config, src)
+    return model.eval()
+
+
+def _model_from_checkpoint(path, config_class, model_class):
+    import numpy as np
+    import torch
+
+    # weights_only keeps unpickling safe; train.py stores the stats as numpy arrays, so allow those.
+    numpy_types = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,
+                   *(type(np.dtype(t)) for t in (np.float32, np.float64, np.int64))]
+    with torch.serialization.safe_globals(numpy_types):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    missing = {"model_state_dict", "config"} - set(ckpt if isinstance(ckpt, dict) else ())
+    if missing:
+        raise UploadError(f"checkpoint {path}: expected keys model_state_dict and config, missing {sorted(missing)}")
+    cfg = dict(ckpt["config"])
+    for key, ckpt_key in (("feature_mean", "feat_mean"), ("feature_std", "feat_std")):
+        if cfg.get(key) is None and ckpt.get(ckpt_key) is not None:
+            cfg[key] = [float(v) for v in ckpt[ckpt_key]]
+    model = model_class(config_class.from_dict(cfg))
+    model.load_state_dict(ckpt["model_state_dict"], strict=True)
+    return model
+
+
+def check_feature_stats(config, src):
+    """Refuse a model whose config lacks real training stats (None, non-finite, or identity placeholders)."""
+    if not config.has_feature_stats:
+        raise UploadError(f"{src}: the config has no feature_mean/feature_std (an untrained model?)")
+    mean, std = config.feature_mean, config.feature_std
+    if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise UploadError(f"{src}: feature_std must be finite and > 0, got min {min(std)}")
+    if all(v == 0 for v in mean) and all(v == 1 for v in std):
+        raise UploadError(f"{src}: feature_mean/feature_std are placeholders (all 0 / all 1), not training stats")
+
+
+def load_metrics(run_dir):
+    from model_card import MetricsError, check_metrics
+
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise UploadError(f"metrics.json not found in {run_dir}: the model card needs the run's test metrics")
+    try:
+        metrics = json.loads(path.read_text())
+        check_metrics(metrics)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UploadError(f"{path} is not valid JSON: {_first_line(e)}") from e
+    except MetricsError as e:
+        raise UploadError(str(e)) from e
+    return metrics
+
+
+# -- export -------------------------------------------------------------------------------------------
+
+
+def hub_config(config):
+    """The config as the Hub sees it: `auto_map` and `custom_pipelines` added (a copy)."""
+    config = config.__class__.from_dict(config.to_dict())
+    config.auto_map = dict(AUTO_MAP)
+    config.custom_pipelines = json.loads(json.dumps(CUSTOM_PIPELINES))
+    return config
+
+
+def code_files(root=ROOT):
+    """Code files the remote loader needs: the entry modules and, transitively, their `from .x import`s."""
+    todo, found = list(ENTRY_MODULES), []
+    while todo:
+        name = todo.pop(0)
+        if name in found:
+            continue
+        path = Path(root) / name
+        if not path.is_file():
+            raise UploadError(f"{name} is missing from {root}: the Hub loader needs it")
+        found.append(name)
+        # The same patterns transformers' dynamic-module loader follows.
+        text = path.read_text(encoding="utf-8")
+        todo += [f"{m.split('.')[0]}.py" for m in re.findall(r"^\s*from\s+\.(\S+)\s+import", text, re.M)]
+        todo += [f"{m.split('.')[0]}.py" for m in re.findall(r"^\s*import\s+\.(\S+)\s*$", text, re.M)]
+    return found
+
+
+def _safetensors_available():
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def save_weights(model, folder):
+    """config.json + model.safetensors (or pytorch_model.bin when safetensors is missing)."""
+    model.config = hub_config(model.config)
+    if _safetensors_available():
+        model.save_pretrained(folder)
+    else:
+        import torch
+
+        model.config.save_pretrained(folder)
+        torch.save(model.state_dict(), Path(folder) / "pytorch_model.bin")
+
+
+def save_feature_extractor(config, folder):
+    from pipeline import MusicGenreFeatureExtractor
+
+    fe = MusicGenreFeatureExtractor(sampling_rate=config.sampling_rate, clip_seconds=config.clip_seconds,
+                                    feature_size=config.num_features)
+    fe.save_pretrained(folder)
+    path = Path(folder) / "preprocessor_config.json"
+    data = json.loads(path.read_text())
+    data["auto_map"] = dict(FEATURE_EXTRACTOR_AUTO_MAP)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def verify_export(model, folder):
+    """Reload the export with the local classes and compare logits with the model in memory."""
+    import torch
+    from modeling import MusicGenreMoE
+
+    reloaded = MusicGenreMoE.from_pretrained(folder).eval()
+    x = torch.randn(8, model.config.num_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        same = torch.equal(model.eval()(x).logits, reloaded(x).logits)
+    if not same or reloaded.config.feature_mean != model.config.feature_mean:
+        raise UploadError(f"export check failed: the model reloaded from {folder} differs from the run's")
+
+
+def build_export(src, run_dir, folder, repo_id):
+    """Write every file of the Hub repo into `folder` (empty). Returns the list of relative paths."""
+    folder = Path(folder)
+    model = load_model(src)
+    metrics = load_metrics(run_dir)
+    save_weights(model, folder)
+    save_feature_extractor(model.config, folder)
+    for name in code_files():
+        shutil.copy2(ROOT / name, folder / name)
+    has_notebook = (ROOT / NOTEBOOK).is_file()
+    if has_notebook:
+        shutil.copy2(ROOT / NOTEBOOK, folder / NOTEBOOK)
+    shutil.copy2(Path(run_dir) / "metrics.json", folder / "metrics.json")
+    figures = [f for f in FIGURES if (Path(run_dir) / f).is_file()]
+    if figures:
+        (folder / "figures").mkdir()
+        for f in figures:
+            shutil.copy2(Path(run_dir) / f, folder / "figures" / f)
+    verify_export(model, folder)
+
+    from model_card import build_model_card
+
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    card = build_model_card(metrics, model.config, repo_id=repo_id,
+                            n_parameters=sum(p.numel() for p in model.parameters()),
+                            files=[f for f in files if not f.startswith("figures/")],
+                            figures=figures, has_notebook=has_notebook)
+    card.save(folder / "README.md")
+    return sorted(files + ["README.md"])
+
+
+def export_run(src, run_dir, output_dir, repo_id, overwrite=False):
+    """Build the export in a temporary folder beside `output_dir`, then move it into place."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise UploadError(f"output folder {output_dir} is not empty (pass --overwrite to replace it)")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-partial-", dir=output_dir.parent))
+    try:
+        files = build_export(src, run_dir, tmp, repo_id)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
+        tmp.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return files
+
+
+# -- push ---------------------------------------------------------------------------------------------
+
+
+def resolve_token(explicit):
+    """--token, else HF_TOKEN, else the token saved by `hf auth login`."""
+    if explicit:
+        return explicit
+    from huggingface_hub import get_token
+
+    token = get_token()  # reads HF_TOKEN first, then the saved login under HF_HOME
+    if not token:
+        raise UploadError("no Hugging Face token: pass --token, set HF_TOKEN or run `hf auth login`")
+    return token
+
+
+def push(folder, files, repo_id, token, private=False):
+    """create_repo(exist_ok=True), then one commit holding every exported file. Returns the commit URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(Path(folder) / f)) for f in files]
+    info = api.create_commit(repo_id, operations=operations, repo_type="model",
+                             commit_message="Upload music-genre-moe model (weights, code, card, notebook)")
+    return info.commit_url
+
+
+def describe_hub_error(e, token, endpoint):
+    """One line for a failed push; the token is never part of it."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(e, HfHubHTTPError) and status in (401, 403):
+        text = f"the Hub rejected the token (HTTP {status}): check it has write access"
+    elif isinstance(e, HfHubHTTPError):
+        text = f"the Hub answered HTTP {status}: {_first_line(e)}"
+    elif _is_network_error(e):
+        text = f"network failure reaching {endpoint}: {type(e).__name__}: {_first_line(e)}"
+    else:
+        text = f"push failed: {type(e).__name__}: {_first_line(e)}"
+    return text.replace(token, "***") if token else text
+
+
+def _is_network_error(e):
+    """True when `e` (or its cause) is a transport failure: refused, unreachable, DNS, timeout, TLS."""
+    transport_libs = {"httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3"}
+    seen = e
+    while seen is not None:
+        if isinstance(seen, (ConnectionError, TimeoutError, OSError)):
+            return True
+        if type(seen).__module__.split(".")[0] in transport_libs and "Status" not in type(seen).__name__:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# -- default config.json ------------------------------------------------------------------------------
+
+
+def write_default_config(path=ROOT / "config.json"):
+    """The repo root's config.json: the default configuration with auto_map and custom_pipelines."""
+    from configuration import MusicGenreMoEConfig
+
+    config = hub_config(MusicGenreMoEConfig())
+    data = config.to_dict()
+    data.pop("transformers_version", None)  # keep the committed file stable across versions
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+# -- CLI ----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", help="Hub repo id, e.g. user/music-genre-moe (required to push)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--run", help="run folder written by train.py (default: runs/latest)")
+    src.add_argument("--checkpoint", help="moe_genre_checkpoint.pt or an hf_model/ folder; "
+                                          "metrics.json is read from its run folder")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN, else the saved login); never printed")
+    p.add_argument("--output-dir", help="export here; without --repo nothing is pushed")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
+    p.add_argument("--write-default-config", action="store_true",
+                   help="write the repo root's config.json (default config + auto_map) and exit")
+    args = p.parse_args(argv)
+    if not (args.repo or args.output_dir or args.write_default_config):
+        p.error("nothing to do: pass --repo to push, --output-dir to export, or --write-default-config")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    _quiet_progress_bars()
+    if args.write_default_config:
+        print(f"wrote {write_default_config()}")
+        return 0
+    token = None
+    try:
+        if args.repo:  # fail before the slow export when the push cannot happen
+            _check_repo_id(args.repo)
+            token = resolve_token(args.token)
+        src, run_dir = resolve_run(args.run, args.checkpoint)
+        repo_id = args.repo or "your-username/music-genre-moe"
+        if args.output_dir:
+            files = export_run(src, run_dir, args.output_dir, repo_id, overwrite=args.overwrite)
+            print(f"exported {len(files)} files to {args.output_dir}")
+            if args.repo:
+                print(push_folder(args.output_dir, files, args, token))
+        else:
+            with tempfile.TemporaryDirectory(prefix="hub-export-") as tmp:
+                files = export_run(src, run_dir, Path(tmp) / "export", repo_id)
+                print(push_folder(Path(tmp) / "export", files, args, token))
+    except UploadError as e:
+        print(f"error: {_scrub(str(e), token)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def push_folder(folder, files, args, token):
+    from huggingface_hub import constants
+
+    try:
+        url = push(folder, files, args.repo, token, private=args.private)
+    except Exception as e:
+        raise UploadError(describe_hub_error(e, token, constants.ENDPOINT)) from e
+    return f"pushed {len(files)} files to {args.repo} in one commit: {url}"
+
+
+def _quiet_progress_bars():
+    """Keep the output to result lines (and the one error line): no download/upload bars."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
+def _check_repo_id(repo_id):
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise UploadError(f"--repo: expected 'namespace/name', got {repo_id!r}")
+
+
+def _scrub(text, token):
+    return text.replace(token, "***") if token else text
+
+
+if __name__ == "__main__":
+    sys.exit(main())
