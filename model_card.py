@@ -177,8 +177,8 @@ def meaning_section(metrics):
             "all work end to end. It "
             "says **nothing** about how well the model recognises genres in real music: real recordings "
             "are far more varied than five signal generators, and a model trained only on synthetic clips "
-            "should be expected to do poorly on them. Train on real recordings with "
-            "`python train.py --data-dir DIR` before relying on the predictions.")
+            "should be expected to do poorly on them. Train on real recordings (`python train.py --data-dir DIR` "
+            "in the project source) before relying on the predictions.")
         if (metrics.get("train_args") or {}).get("quick"):
             body += (" This run is a quick run (`train.py --quick`: few clips, few epochs), made for smoke "
                      "tests; its figures are lower than a full run's and are not a result.")
@@ -251,7 +251,8 @@ def architecture_section(config, n_parameters):
     c = config
     genres = ", ".join(c.genres)
     experts = "Kolmogorov-Arnold (KAN) layers" if c.expert_type == "kan" else "MLP layers"
-    top_k = "dense (all experts)" if c.num_experts_per_tok is None else f"top-{c.num_experts_per_tok}"
+    top_k = ("dense: every expert runs" if c.num_experts_per_tok is None
+             else f"sparse: the top {c.num_experts_per_tok} weights kept")
     return f"""## Model
 
 A Mixture of Experts over a {c.num_features}-dim audio feature vector: shared encoder
