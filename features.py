@@ -1,0 +1,812 @@
+"""Audio loading and the 59-dimensional genre feature vector.
+
+The vector follows the seed's order (see :data:`FEATURE_NAMES`): MFCC mean (20), MFCC std (20),
+chroma mean (12, C..B), spectral centroid, bandwidth, rolloff, zero-crossing rate, RMS, tempo and
+harmonic ratio. Every value except the harmonic ratio equals what plain per-call librosa gives
+(:func:`reference_features`, the seed notebook's computation) to 1e-4 relative; the fast path
+computes one STFT per clip and derives every spectral feature from it.
+
+Harmonic ratio
+--------------
+The reference separates the clip with ``librosa.effects.hpss`` (median filters of 31 frames
+along time and 31 bins along frequency on the magnitude STFT, soft masks with power 2, inverse
+STFT) and reports ``sum(y_harmonic**2) / sum(y**2)``. :func:`extract_features` computes the same
+quantity in the spectral domain, without the inverse STFTs, on a spectrogram whose time axis is
+pooled by :data:`HR_TIME_POOL` frames::
+
+    E  = |STFT|**2 summed over HR_TIME_POOL adjacent frames     (energy per bin and pooled frame)
+    M  = sqrt(E)
+    H  = median of M over 31 // HR_TIME_POOL (odd) pooled frames along time   (harmonic estimate)
+    P  = median of M over 31 bins along frequency                            (percussive estimate)
+    m  = H**2 / (H**2 + P**2)                               (librosa's soft harmonic mask, power 2)
+    harmonic_ratio = sum(E * m**2) / sum(E)
+
+``E * m**2`` is the energy of the masked STFT, which is what the inverse STFT turns into
+``y_harmonic``. The value lies in [0, 1]; 1 means purely tonal (steady partials), 0 purely
+percussive or noisy. Over 50 GTZAN clips (30 s and 5 s cuts) its Pearson correlation with the
+reference is >= 0.998 and the mean absolute difference about 0.016; tests check >= 0.98 on
+40+ varied clips.
+
+Optional dependencies
+---------------------
+This file ships in the Hub repo. Only numpy is needed to import it (for :data:`FEATURE_NAMES`
+and friends); librosa, soundfile, scipy and tqdm are imported inside ``try:`` blocks and the audio
+functions raise :class:`ImportError` with an install hint when they are missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import tempfile
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+try:
+    import librosa
+except ImportError:  # pragma: no cover - exercised only without the audio extras
+    librosa = None
+try:
+    import soundfile
+except ImportError:  # pragma: no cover
+    soundfile = None
+try:
+    import scipy.fft
+    import scipy.ndimage
+except ImportError:  # pragma: no cover
+    scipy = None
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # pragma: no cover
+    tqdm = None
+
+__all__ = [
+    "SAMPLE_RATE", "N_FFT", "HOP_LENGTH", "N_MFCC", "FEATURE_NAMES", "N_FEATURES", "FEATURE_GROUPS",
+    "FEATURE_VERSION", "MIN_SECONDS", "SILENCE_DBFS", "HR_TIME_POOL", "AudioError", "ExtractionResult",
+    "load_audio", "extract_features", "reference_features", "split_windows", "extract_windows",
+    "extract_many", "default_cache_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 22050
+N_FFT = 2048
+HOP_LENGTH = 512
+N_MFCC = 20
+#: Bump when the feature code changes what it computes: it is part of every cache key.
+FEATURE_VERSION = "1"
+#: Shortest audio accepted (seconds).
+MIN_SECONDS = 0.5
+#: Audio whose peak is below this level (dB full scale) is "silent" and rejected.
+SILENCE_DBFS = -90.0
+#: Frames pooled along time before the harmonic-ratio median filters (see module docstring).
+HR_TIME_POOL = 2
+_HPSS_KERNEL = 31  # librosa.effects.hpss default kernel, in frames and in bins
+
+_PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+FEATURE_NAMES: Tuple[str, ...] = (
+    tuple(f"mfcc_mean_{i}" for i in range(1, N_MFCC + 1))
+    + tuple(f"mfcc_std_{i}" for i in range(1, N_MFCC + 1))
+    + tuple(f"chroma_mean_{p}" for p in _PITCH_CLASSES)
+    + ("spectral_centroid", "spectral_bandwidth", "spectral_rolloff", "zero_crossing_rate", "rms",
+       "tempo", "harmonic_ratio")
+)
+N_FEATURES = len(FEATURE_NAMES)
+assert N_FEATURES == 59
+#: Group name -> indices into the feature vector.
+FEATURE_GROUPS: Dict[str, List[int]] = {
+    "mfcc_mean": list(range(0, 20)),
+    "mfcc_std": list(range(20, 40)),
+    "chroma": list(range(40, 52)),
+    "spectral": [52, 53, 54],
+    "zcr": [55],
+    "rms": [56],
+    "tempo": [57],
+    "harmonic_ratio": [58],
+}
+
+PathLike = Union[str, os.PathLike]
+
+
+class AudioError(ValueError):
+    """Audio that cannot be turned into features: missing, unreadable, empty, silent, too short or
+    non-finite. The message names the source (a file path, or ``"array"``) and the problem."""
+
+
+def _require_audio_deps(what: str) -> None:
+    missing = [name for name, mod in (("librosa", librosa), ("scipy", scipy)) if mod is None]
+    if what == "load_audio" and soundfile is None:
+        missing.append("soundfile")
+    if missing:
+        raise ImportError(
+            f"{what}() needs {', '.join(missing)}; install them with "
+            f"`pip install 'librosa>=0.10.2,<0.12' 'soundfile>=0.13,<0.15' scipy`"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_signal(y: np.ndarray, sr: int, source: str) -> np.ndarray:
+    """Validate a mono signal; return it as contiguous float32.
+
+    Raises
+    ------
+    AudioError
+        Not 1-D, empty, non-finite, shorter than :data:`MIN_SECONDS`, or silent.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise AudioError(f"{source}: expected mono audio of shape (n_samples,), got shape {y.shape}")
+    if y.size == 0:
+        raise AudioError(f"{source}: audio is empty (0 samples)")
+    if not np.issubdtype(y.dtype, np.floating):
+        raise AudioError(f"{source}: expected floating-point samples in [-1, 1], got dtype {y.dtype}")
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    if not np.isfinite(y).all():
+        raise AudioError(f"{source}: audio contains NaN or infinite samples")
+    min_samples = int(np.ceil(MIN_SECONDS * sr))
+    if y.size < min_samples:
+        raise AudioError(
+            f"{source}: audio too short: {y.size} samples ({y.size / sr:.3f} s) at {sr} Hz, "
+            f"need at least {MIN_SECONDS} s"
+        )
+    peak = float(np.max(np.abs(y)))
+    if peak < 10.0 ** (SILENCE_DBFS / 20.0):
+        level = "-inf" if peak == 0 else f"{20 * np.log10(peak):.1f}"
+        raise AudioError(f"{source}: audio is silent (peak {level} dBFS, threshold {SILENCE_DBFS} dBFS)")
+    return y
+
+
+def load_audio(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Read an audio file as mono float32 in [-1, 1] at ``sr``.
+
+    Reads WAV, FLAC, OGG/Vorbis, MP3, AU/SND, AIFF (anything libsndfile 1.1+ decodes, through
+    soundfile; no ffmpeg). Channels are averaged; other sample rates are resampled with soxr
+    (``soxr_hq``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    sr : int
+        Target sample rate.
+
+    Returns
+    -------
+    np.ndarray, shape (n_samples,), float32
+
+    Raises
+    ------
+    AudioError
+        The file is missing, cannot be decoded, or holds empty, non-finite, silent or too-short
+        audio; the message names the file.
+    ImportError
+        librosa, soundfile or scipy is not installed.
+    """
+    _require_audio_deps("load_audio")
+    source = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(f"{source}: file not found" if not p.exists() else f"{source}: not a regular file")
+    try:
+        data, file_sr = soundfile.read(source, dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile raises several types (LibsndfileError, RuntimeError, ...)
+        raise AudioError(f"{source}: cannot decode audio ({type(exc).__name__}: {exc})") from exc
+    if data.shape[0] == 0:
+        raise AudioError(f"{source}: audio is empty (0 samples)")
+    y = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(y).all():
+        raise AudioError(f"{source}: audio contains NaN or infinite samples")
+    if file_sr != sr:
+        y = librosa.resample(y, orig_sr=file_sr, target_sr=sr, res_type="soxr_hq")
+    # Lossy decoders and resampling can overshoot full scale slightly.
+    y = np.clip(y, -1.0, 1.0).astype(np.float32, copy=False)
+    return _check_signal(y, sr, source)
+
+
+# --------------------------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def _mel_basis(sr: int, n_fft: int) -> np.ndarray:
+    return librosa.filters.mel(sr=sr, n_fft=n_fft)  # (128, 1 + n_fft // 2) float32, as melspectrogram
+
+
+@lru_cache(maxsize=256)
+def _chroma_basis(sr: int, n_fft: int, tuning: float) -> np.ndarray:
+    return librosa.filters.chroma(sr=sr, n_fft=n_fft, tuning=tuning, n_chroma=12)  # (12, n_bins)
+
+
+@lru_cache(maxsize=8)
+def _fft_freqs(sr: int, n_fft: int) -> np.ndarray:
+    return librosa.fft_frequencies(sr=sr, n_fft=n_fft)  # (n_bins,) float64
+
+
+def _frames(y: np.ndarray, frame_length: int, hop_length: int, pad_mode: str) -> np.ndarray:
+    """Centred frames of ``y`` as a strided view, shape (n_frames, frame_length) (librosa's framing)."""
+    half = frame_length // 2
+    padded = np.pad(y, (half, half), mode=pad_mode)
+    return np.lib.stride_tricks.sliding_window_view(padded, frame_length)[::hop_length]
+
+
+def _zero_crossing_rate(y: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray:
+    """librosa.feature.zero_crossing_rate(y) (threshold 1e-10, zero counts as positive), via
+    one crossing indicator and an integer cumulative sum instead of per-frame comparisons.
+
+    Returns
+    -------
+    np.ndarray, shape (n_frames,), float64
+    """
+    half = frame_length // 2
+    padded = np.pad(y, (half, half), mode="edge")
+    negative = np.signbit(np.where(np.abs(padded) <= 1e-10, 0.0, padded))
+    crossing = np.zeros(len(padded), dtype=np.int64)
+    crossing[1:] = negative[1:] != negative[:-1]
+    csum = np.concatenate([[0], np.cumsum(crossing)])
+    n_frames = 1 + (len(padded) - frame_length) // hop_length
+    starts = np.arange(n_frames) * hop_length
+    # A frame's first sample never counts (librosa pads the crossing array with False there).
+    counts = csum[starts + frame_length] - csum[starts + 1]
+    return counts / frame_length
+
+
+def _median_rows(x: np.ndarray, size: int) -> np.ndarray:
+    """Median filter of odd ``size`` along the last axis of a 2-D array, 'reflect' edges.
+
+    scipy's median filter is O(n log k) only for 1-D input (its n-D path is ~10x slower), and a
+    Python loop over rows costs more than the filtering; so every row is padded with its own
+    mirror image (numpy 'symmetric' == scipy 'reflect'), the rows are laid end to end, filtered
+    in one 1-D call, and the pads are cut off again. Windows never straddle two rows' data.
+
+    Parameters
+    ----------
+    x : np.ndarray, shape (n_rows, n_cols)
+    size : int
+
+    Returns
+    -------
+    np.ndarray, shape (n_rows, n_cols), same dtype
+    """
+    half = size // 2
+    if half == 0:
+        return x.copy()
+    n_cols = x.shape[1]
+    if half > n_cols:  # pad wider than the row: let numpy repeat the mirror (rare, tiny clips)
+        padded = np.pad(x, ((0, 0), (half, half)), mode="symmetric")
+    else:
+        padded = np.empty((x.shape[0], n_cols + 2 * half), dtype=x.dtype)
+        padded[:, half:half + n_cols] = x
+        padded[:, :half] = x[:, half - 1::-1] if half > 0 else x[:, :0]
+        padded[:, half + n_cols:] = x[:, : n_cols - half - 1:-1]
+    flat = scipy.ndimage.median_filter(padded.ravel(), size=size, mode="reflect")
+    return flat.reshape(padded.shape)[:, half:half + n_cols]
+
+
+def _pool_time(power: np.ndarray, pool: int) -> np.ndarray:
+    """Sum groups of ``pool`` adjacent frames; a shorter last group is kept (summed).
+
+    Returns
+    -------
+    np.ndarray, shape (n_bins, ceil(n_frames / pool))
+    """
+    if pool <= 1:
+        return power
+    n_bins, n_frames = power.shape
+    n_full = n_frames // pool
+    pooled = power[:, : n_full * pool].reshape(n_bins, n_full, pool).sum(axis=2)
+    if n_full * pool < n_frames:
+        pooled = np.concatenate([pooled, power[:, n_full * pool:].sum(axis=1, keepdims=True)], axis=1)
+    return pooled
+
+
+def _harmonic_ratio(power: np.ndarray, time_pool: int = HR_TIME_POOL) -> float:
+    """Spectral-domain HPSS harmonic energy ratio; see the module docstring.
+
+    Parameters
+    ----------
+    power : np.ndarray, shape (n_bins, n_frames)
+        ``|STFT|**2``.
+    time_pool : int
+        Frames summed before filtering; the time kernel shrinks to match (odd).
+
+    Returns
+    -------
+    float in [0, 1]
+    """
+    energy = _pool_time(power, time_pool)
+    mag = np.sqrt(energy)
+    k_time = max(1, (_HPSS_KERNEL // time_pool) | 1)  # odd, spanning about the reference's 31 frames
+    harm = _median_rows(mag, k_time)                              # along time, per bin
+    perc = _median_rows(np.ascontiguousarray(mag.T), _HPSS_KERNEL).T  # along frequency, per frame
+    h2 = harm * harm
+    denom = h2 + perc * perc
+    tiny = np.finfo(np.float32).tiny
+    # librosa.util.softmask splits evenly (0.5) where both estimates are ~0
+    mask = np.where(denom > tiny, h2 / np.maximum(denom, tiny), np.float32(0.5))
+    total = float(energy.sum(dtype=np.float64))
+    return float(np.sum(energy * mask * mask, dtype=np.float64) / total) if total > 0 else 0.0
+
+
+def _estimate_tuning(power: np.ndarray, sr: int, n_fft: int) -> float:
+    """``librosa.estimate_tuning(S=power, sr=sr, bins_per_octave=12)``, same arithmetic, on the
+    piptrack search band (150-4000 Hz) only instead of the whole spectrum (~3x less work).
+
+    piptrack keeps bins that are local maxima along frequency of ``S * (S > 0.1 * max(S))``,
+    refines them by parabolic interpolation, and estimate_tuning keeps the peaks at least as
+    strong as their median and histograms their deviation from equal temperament.
+    """
+    freqs = _fft_freqs(sr, n_fft)
+    band = np.flatnonzero((150.0 <= freqs) & (freqs < min(4000.0, sr / 2)))
+    if band.size == 0:
+        return 0.0
+    lo, hi = int(band[0]), int(band[-1])
+    lo_ext, hi_ext = max(lo - 1, 0), min(hi + 1, power.shape[0] - 1)
+    s = power[lo_ext:hi_ext + 1]                    # band plus one neighbour bin each side
+    c = slice(lo - lo_ext, lo - lo_ext + hi - lo + 1)  # the band's rows inside ``s``
+    x0, xm, xp = s[c], s[c.start - 1:c.stop - 1], s[c.start + 1:c.stop + 1]
+    if c.start == 0 or c.stop >= s.shape[0]:  # band touches the spectrum edge: defer to librosa
+        return float(librosa.estimate_tuning(S=power, sr=sr, n_fft=n_fft, bins_per_octave=12))
+    # parabolic interpolation (librosa.core.pitch._pi_stencil: float64 arithmetic)
+    a = (xp + xm).astype(np.float64) - 2 * x0.astype(np.float64)
+    b = (xp - xm).astype(np.float64) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where(np.abs(b) >= np.abs(a), 0.0, -b / a).astype(np.float32)
+    avg = (xp - xm) / 2.0                            # np.gradient at interior bins
+    # thresholded local maxima along frequency
+    ref = 0.1 * np.max(power, axis=0)
+    t0, tm, tp = x0 * (x0 > ref), xm * (xm > ref), xp * (xp > ref)
+    peaks = (t0 > tm) & (t0 >= tp)
+    rows, cols = np.nonzero(peaks)
+    pitch = ((rows + lo) + shift[rows, cols]) * float(sr) / n_fft
+    pitch = pitch.astype(np.float32)
+    mags = x0[rows, cols] + (0.5 * avg * shift)[rows, cols]
+    positive = pitch > 0
+    threshold = np.median(mags[positive]) if positive.any() else 0.0
+    selected = pitch[(mags >= threshold) & positive]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # empty peak set -> librosa warns and returns 0.0
+        return float(librosa.pitch_tuning(selected, resolution=0.01, bins_per_octave=12))
+
+
+def extract_features(y: np.ndarray, sr: int = SAMPLE_RATE, *, n_fft: int = N_FFT,
+                     hop_length: int = HOP_LENGTH) -> np.ndarray:
+    """The 59-dim feature vector of one mono clip, from a single STFT.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,)
+        Mono audio in [-1, 1] at ``sr``; at least :data:`MIN_SECONDS` long, not silent.
+    sr : int
+    n_fft, hop_length : int
+        STFT size and hop (librosa's defaults; the frame length of ZCR and RMS is ``n_fft``).
+
+    Returns
+    -------
+    np.ndarray, shape (59,), float32
+        In :data:`FEATURE_NAMES` order.
+
+    Raises
+    ------
+    AudioError
+        Invalid, silent or too-short input.
+    ImportError
+        librosa or scipy is not installed.
+    """
+    _require_audio_deps("extract_features")
+    y = _check_signal(y, sr, "array")
+
+    mag = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop_length))  # (n_bins, T) float32
+    power = mag**2  # bit-identical to librosa's power spectrogram (np.abs(stft) ** 2)
+    # Squares of tiny magnitudes are float32 denormals, which make every later matmul and
+    # reduction ~20x slower; zeroing them changes nothing measurable (all << 1e-30).
+    power[power < np.finfo(np.float32).tiny] = 0.0
+
+    # MFCC: 128-band mel power -> dB -> DCT-II (librosa.feature.mfcc with its defaults)
+    mel_db = librosa.power_to_db(_mel_basis(sr, n_fft) @ power)
+    mfcc = scipy.fft.dct(mel_db, axis=0, type=2, norm="ortho")[:N_MFCC]
+
+    # Chroma from the same power spectrogram (librosa.feature.chroma_stft(S=power))
+    tuning = _estimate_tuning(power, sr, n_fft)
+    chroma = librosa.util.normalize(_chroma_basis(sr, n_fft, tuning) @ power, norm=np.inf, axis=0)
+
+    # Centroid / bandwidth (p=2) / rolloff (85%) on the magnitude, as librosa with S=|STFT|
+    freqs = _fft_freqs(sr, n_fft)
+    mag64 = mag.astype(np.float64)
+    col = mag64.sum(axis=0)
+    col = np.where(col < np.finfo(np.float32).tiny, 1.0, col)  # librosa leaves ~0 columns as-is
+    m1 = freqs @ mag64
+    m2 = (freqs * freqs) @ mag64
+    centroid = m1 / col
+    # sum(S_norm * (f - c)^2) expanded; float64 keeps the cancellation harmless for pure tones
+    bandwidth = np.sqrt(np.maximum((m2 - 2.0 * centroid * m1) / col + centroid**2 * (mag64.sum(axis=0) / col), 0.0))
+    cumulative = np.cumsum(mag, axis=0)
+    rolloff = freqs[np.argmax(cumulative >= 0.85 * cumulative[-1], axis=0)]
+
+    zcr = _zero_crossing_rate(y, n_fft, hop_length)
+    frames = _frames(y, n_fft, hop_length, "constant")
+    rms = np.sqrt(np.einsum("ij,ij->i", frames, frames, dtype=np.float32) / np.float32(n_fft))
+
+    # Tempo as librosa.beat.beat_track estimates it: median-aggregated onset strength of the
+    # same mel dB spectrogram, then the autocorrelation tempo with the 120-BPM log-normal prior.
+    onset_env = librosa.onset.onset_strength(S=mel_db, sr=sr, hop_length=hop_length, n_fft=n_fft,
+                                             aggregate=np.median)
+    if onset_env.any():
+        tempo = float(librosa.feature.tempo(onset_envelope=onset_env, sr=sr, hop_length=hop_length)[0])
+    else:  # beat_track returns 0 BPM when there are no onsets
+        tempo = 0.0
+
+    out = np.concatenate([
+        mfcc.mean(axis=1), mfcc.std(axis=1), chroma.mean(axis=1),
+        [centroid.mean(), bandwidth.mean(), rolloff.mean(), zcr.mean(), rms.mean(), tempo,
+         _harmonic_ratio(power)],
+    ])
+    return out.astype(np.float32)
+
+
+def reference_features(y: np.ndarray, sr: int = SAMPLE_RATE, *, n_fft: int = N_FFT,
+                       hop_length: int = HOP_LENGTH) -> np.ndarray:
+    """The same 59 features computed the seed notebook's way: plain per-call librosa.
+
+    Every call recomputes its own STFT (seven of them) and the harmonic ratio comes from a full
+    time-domain HPSS (``librosa.effects.hpss``) as ``sum(y_h**2) / sum(y**2)``. This is the
+    correctness reference for :func:`extract_features` and the baseline in the benchmarks; it is
+    slow (seconds per 30-s clip).
+
+    Parameters and return value as in :func:`extract_features`.
+    """
+    _require_audio_deps("reference_features")
+    y = _check_signal(y, sr, "array")
+    kw = dict(n_fft=n_fft, hop_length=hop_length)
+    mfcc = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=N_MFCC, **kw)
+    chroma = librosa.feature.chroma_stft(y=y, sr=sr, **kw)
+    centroid = librosa.feature.spectral_centroid(y=y, sr=sr, **kw)
+    bandwidth = librosa.feature.spectral_bandwidth(y=y, sr=sr, **kw)
+    rolloff = librosa.feature.spectral_rolloff(y=y, sr=sr, **kw)
+    zcr = librosa.feature.zero_crossing_rate(y, frame_length=n_fft, hop_length=hop_length)
+    rms = librosa.feature.rms(y=y, frame_length=n_fft, hop_length=hop_length)
+    tempo, _ = librosa.beat.beat_track(y=y, sr=sr, hop_length=hop_length)
+    y_harm, _ = librosa.effects.hpss(y, **kw)
+    y64 = y.astype(np.float64)
+    harmonic_ratio = np.sum(y_harm.astype(np.float64) ** 2) / np.sum(y64**2)
+    out = np.concatenate([
+        mfcc.mean(axis=1), mfcc.std(axis=1), chroma.mean(axis=1),
+        [centroid.mean(), bandwidth.mean(), rolloff.mean(), zcr.mean(), rms.mean(),
+         float(np.atleast_1d(tempo)[0]), harmonic_ratio],
+    ])
+    return out.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole songs: clip-length windows
+# --------------------------------------------------------------------------------------------
+
+
+def split_windows(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = 5.0) -> List[np.ndarray]:
+    """Cut a song into consecutive, non-overlapping clip-length windows (views, no copies).
+
+    Tail rule: audio left after the last full window becomes one more window *aligned to the
+    end of the song* (overlapping its neighbour) when it is at least half a window long, and is
+    dropped otherwise. A song no longer than one window is returned whole, as a single window.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,)
+    sr : int
+    clip_seconds : float
+        Window length in seconds (> 0).
+
+    Returns
+    -------
+    list of np.ndarray
+        Each of shape (round(clip_seconds * sr),), except a single short song returned whole.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise AudioError(f"array: expected mono audio of shape (n_samples,), got shape {y.shape}")
+    if not clip_seconds > 0:
+        raise ValueError(f"clip_seconds must be > 0, got {clip_seconds!r}")
+    win = int(round(clip_seconds * sr))
+    if len(y) <= win:
+        return [y]
+    n_full = len(y) // win
+    windows = [y[i * win:(i + 1) * win] for i in range(n_full)]
+    if len(y) - n_full * win >= win / 2:
+        windows.append(y[len(y) - win:])
+    return windows
+
+
+def extract_windows(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = 5.0, *,
+                    n_fft: int = N_FFT, hop_length: int = HOP_LENGTH,
+                    return_starts: bool = False):
+    """Features of every clip-length window of a song (see :func:`split_windows`).
+
+    Windows are processed one at a time, so memory beyond the song itself is one window's
+    spectrogram. Silent windows (e.g. a quiet intro) are skipped; a song that is silent
+    throughout raises :class:`AudioError`.
+
+    Returns
+    -------
+    features : np.ndarray, shape (n_windows, 59), float32
+    starts : np.ndarray, shape (n_windows,), int64
+        Only with ``return_starts=True``: the first sample of each returned window.
+    """
+    y = np.asarray(y)
+    windows = split_windows(y, sr, clip_seconds)
+    win = int(round(clip_seconds * sr))
+    starts_all = [i * win for i in range(len(windows))]
+    if len(windows) > 1 and len(y) % win:
+        if len(windows) > len(y) // win:
+            starts_all[-1] = len(y) - win
+    rows, starts, silent = [], [], 0
+    for w, s in zip(windows, starts_all):
+        try:
+            rows.append(extract_features(w, sr, n_fft=n_fft, hop_length=hop_length))
+            starts.append(s)
+        except AudioError as exc:
+            if "silent" not in str(exc) or len(windows) == 1:
+                raise
+            silent += 1
+    if not rows:
+        raise AudioError(f"array: all {silent} windows are silent")
+    feats = np.stack(rows).astype(np.float32)
+    return (feats, np.asarray(starts, dtype=np.int64)) if return_starts else feats
+
+
+# --------------------------------------------------------------------------------------------
+# Batches: worker processes and an on-disk cache
+# --------------------------------------------------------------------------------------------
+
+Source = Union[str, os.PathLike, np.ndarray]
+
+
+@dataclass
+class ExtractionResult:
+    """Outcome of :func:`extract_many`.
+
+    Attributes
+    ----------
+    features : list of np.ndarray
+        One (n_windows, 59) float32 array per successful source (one row when
+        ``clip_seconds`` is None), aligned with ``ok``.
+    ok : list of int
+        Indices into the input ``sources`` that succeeded, ascending.
+    failures : list of (str, str)
+        (source description, error message) for every skipped source.
+    cache_hits : int
+        How many successful sources came from the cache.
+    """
+
+    features: List[np.ndarray] = field(default_factory=list)
+    ok: List[int] = field(default_factory=list)
+    failures: List[Tuple[str, str]] = field(default_factory=list)
+    cache_hits: int = 0
+
+
+def default_cache_dir() -> Path:
+    """``$MUSIC_GENRE_MOE_CACHE`` if set, else ``$XDG_CACHE_HOME/music-genre-moe/features``
+    (``~/.cache/music-genre-moe/features``)."""
+    env = os.environ.get("MUSIC_GENRE_MOE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "music-genre-moe" / "features"
+
+
+def _describe(source: Source, index: int) -> str:
+    if isinstance(source, np.ndarray):
+        return f"array[{index}]"
+    return str(source)
+
+
+def _settings_key(sr: int, clip_seconds: Optional[float], n_fft: int, hop_length: int) -> str:
+    """Everything besides the audio that changes the result (part of every cache key)."""
+    return json.dumps({
+        "feature_version": FEATURE_VERSION, "sr": int(sr), "clip_seconds": clip_seconds,
+        "n_fft": int(n_fft), "hop_length": int(hop_length), "hr_time_pool": HR_TIME_POOL,
+        "librosa": getattr(librosa, "__version__", None),
+    }, sort_keys=True)
+
+
+def _content_hash(source: Source) -> str:
+    """blake2b of the file's bytes (streamed) or of the array's dtype, shape and bytes."""
+    h = hashlib.blake2b(digest_size=20)
+    if isinstance(source, np.ndarray):
+        arr = np.ascontiguousarray(source)
+        h.update(f"array:{arr.dtype.str}:{arr.shape}".encode())
+        h.update(memoryview(arr).cast("B"))
+    else:
+        with open(source, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_path(cache_dir: Path, content: str, settings: str) -> Path:
+    key = hashlib.blake2b((content + settings).encode(), digest_size=20).hexdigest()
+    return cache_dir / key[:2] / f"{key}.npy"
+
+
+def _cache_load(path: Path) -> Optional[np.ndarray]:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if arr.ndim != 2 or arr.shape[1] != N_FEATURES or not np.isfinite(arr).all():
+        return None
+    return arr.astype(np.float32, copy=False)
+
+
+def _cache_store(path: Path, arr: np.ndarray) -> None:
+    """Atomic write (temp file + rename): concurrent runs never read a half-written entry."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only or full cache must not fail the extraction
+        logger.warning("feature cache write failed for %s: %s", path, exc)
+
+
+def _extract_source(source: Source, sr: int, clip_seconds: Optional[float], n_fft: int,
+                    hop_length: int) -> np.ndarray:
+    """Features of one file or array: (1, 59) for a whole clip or (n_windows, 59)."""
+    if isinstance(source, np.ndarray):
+        y, name = source, "array"
+    else:
+        y, name = load_audio(source, sr), str(source)
+    try:
+        if clip_seconds is None:
+            return extract_features(y, sr, n_fft=n_fft, hop_length=hop_length)[None, :]
+        return extract_windows(y, sr, clip_seconds, n_fft=n_fft, hop_length=hop_length)
+    except AudioError as exc:
+        msg = str(exc)
+        raise AudioError(name + msg[len("array"):] if msg.startswith("array") else msg) from None
+
+
+def _worker_init() -> None:
+    """Pool initializer: one BLAS thread per worker (the pool already uses every core)."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except Exception:  # threadpoolctl is optional; oversubscription only costs some speed
+        pass
+
+
+def _warm_up(sr: int, n_fft: int, hop_length: int) -> None:
+    """Run the extractor once on a tiny clip so lazy imports, filter banks and any numba JIT are
+    done in the parent before worker processes fork (they inherit the warm state)."""
+    t = np.arange(int(MIN_SECONDS * sr) + n_fft, dtype=np.float32) / sr
+    extract_features((0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32), sr, n_fft=n_fft,
+                     hop_length=hop_length)
+
+
+def _pool_context():
+    """'fork' where it is available and safe (Linux): workers start in milliseconds with librosa
+    already imported and warmed. Elsewhere the platform default (spawn)."""
+    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context()
+
+
+def extract_many(sources: Sequence[Source], *, sr: int = SAMPLE_RATE, clip_seconds: Optional[float] = None,
+                 n_jobs: Optional[int] = None, cache_dir: Union[None, bool, PathLike] = None,
+                 progress: Optional[bool] = None, n_fft: int = N_FFT,
+                 hop_length: int = HOP_LENGTH) -> ExtractionResult:
+    """Features of many files or clips, in worker processes, with an on-disk cache.
+
+    Parameters
+    ----------
+    sources : sequence of str, os.PathLike or np.ndarray
+        Audio files (any format :func:`load_audio` reads) or 1-D float arrays already at ``sr``.
+    sr : int
+    clip_seconds : float or None
+        None: one feature row per source (the whole clip). A number: every source is cut into
+        windows of that length (:func:`extract_windows`).
+    n_jobs : int or None
+        Worker processes; None uses every available core, 1 runs in this process.
+    cache_dir : None, False or path
+        None: :func:`default_cache_dir`; False: no cache. Entries are keyed by the file's bytes
+        (or the array's bytes) plus ``sr``, ``clip_seconds``, ``n_fft``, ``hop_length``,
+        :data:`FEATURE_VERSION` and the librosa version, so changed settings never hit stale
+        entries.
+    progress : bool or None
+        Show a tqdm bar; None shows one when 20 or more sources need computing.
+    n_fft, hop_length : int
+
+    Returns
+    -------
+    ExtractionResult
+        A source that fails (missing, undecodable, silent, ...) is logged, listed in
+        ``failures`` and skipped; the rest of the batch completes.
+    """
+    _require_audio_deps("extract_many")
+    sources = list(sources)
+    settings = _settings_key(sr, clip_seconds, n_fft, hop_length)
+    if cache_dir is False:
+        cache_root = None
+    else:
+        cache_root = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir).expanduser()
+
+    results: Dict[int, np.ndarray] = {}
+    failures: Dict[int, str] = {}
+    cache_paths: Dict[int, Path] = {}
+    todo: List[int] = []
+    hits = 0
+    for i, src in enumerate(sources):
+        if cache_root is not None:
+            try:
+                cache_paths[i] = _cache_path(cache_root, _content_hash(src), settings)
+            except OSError as exc:
+                failures[i] = f"{_describe(src, i)}: cannot read file ({exc.strerror or exc})"
+                continue
+            cached = _cache_load(cache_paths[i]) if cache_paths[i].exists() else None
+            if cached is not None:
+                results[i] = cached
+                hits += 1
+                continue
+        todo.append(i)
+
+    def finish(i: int, arr: np.ndarray) -> None:
+        results[i] = arr
+        if i in cache_paths:
+            _cache_store(cache_paths[i], arr)
+
+    def fail(i: int, exc: BaseException) -> None:
+        msg = str(exc) if isinstance(exc, AudioError) else f"{_describe(sources[i], i)}: {type(exc).__name__}: {exc}"
+        failures[i] = msg
+        logger.warning("skipped %s", msg)
+
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(int(n_jobs) if n_jobs else available, len(todo)))
+    show = (len(todo) >= 20) if progress is None else bool(progress)
+    bar = tqdm(total=len(todo), desc="features", unit="file", disable=not show) if (tqdm and todo) else None
+    args = (sr, clip_seconds, n_fft, hop_length)
+    if todo and workers == 1:
+        for i in todo:
+            try:
+                finish(i, _extract_source(sources[i], *args))
+            except Exception as exc:  # one bad source must not stop the batch
+                fail(i, exc)
+            if bar is not None:
+                bar.update(1)
+    elif todo:
+        _warm_up(sr, n_fft, hop_length)
+        # Each task carries one path (or one array); a worker holds one file's audio at a time.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(),
+                                 initializer=_worker_init) as pool:
+            futures = {pool.submit(_extract_source, sources[i], *args): i for i in todo}
+            for fut in as_completed(futures):
+                i = futures[fut]
+                try:
+                    finish(i, fut.result())
+                except Exception as exc:  # includes a crashed worker (BrokenProcessPool)
+                    fail(i, exc)
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    out = ExtractionResult(cache_hits=hits)
+    for i in range(len(sources)):
+        if i in results:
+            out.ok.append(i)
+            out.features.append(results[i])
+        elif i in failures:
+            out.failures.append((_describe(sources[i], i), failures[i]))
+    return out
