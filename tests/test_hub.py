@@ -184,6 +184,8 @@ def test_fresh_process_loads_predicts_and_runs_the_pipeline(export_dir, trained_
         out = {{}}
         config = AutoConfig.from_pretrained(export, trust_remote_code=True)
         out["config_class"] = type(config).__name__
+        root = AutoConfig.from_pretrained({str(ROOT)!r}, trust_remote_code=True)  # the repo's config.json
+        out["root_config"] = [type(root).__name__, root.has_feature_stats, root.num_labels]
         model = AutoModel.from_pretrained(export, trust_remote_code=True).eval()
         with torch.no_grad():
             out["logits_equal"] = torch.equal(model(x, already_normalised=False).logits, expected)
@@ -222,6 +224,7 @@ def test_fresh_process_loads_predicts_and_runs_the_pipeline(export_dir, trained_
 
     genres = trained_model.config.genres
     assert result["config_class"] == "MusicGenreMoEConfig"
+    assert result["root_config"] == ["MusicGenreMoEConfig", False, 5]
     assert result["logits_equal"] and result["audio_model_equal"]
     assert result["predict_keys"] == ["confidence", "gate_weights", "predicted_genre", "probabilities"]
     assert result["batch_len"] == 16 and result["batch_first_equal"]
