@@ -122,7 +122,8 @@ class _Notes:
     """
 
     def __init__(self, n, sr, onsets, durations, velocities, attack, decay, release):
-        if len(onsets) == 0:  # a silent voice: one inaudible note keeps the indexing uniform
+        self.n_notes = len(onsets)
+        if self.n_notes == 0:  # a silent voice: one inaudible note keeps the indexing uniform
             onsets, durations, velocities = [0.0], [0.0], [0.0]
         starts = np.clip(np.round(np.asarray(onsets) * sr).astype(np.int64), 0, n)
         # Sample -> index of the note sounding there (np.repeat over note lengths is O(n)).
@@ -159,6 +160,8 @@ class _Notes:
         -------
         np.ndarray, shape (n,), float32
         """
+        if self.n_notes == 0:
+            return np.zeros(self.n, dtype=np.float32)
         freq = _midi_hz(midis).astype(np.float32)[self.k]
         if bend is not None:
             b = np.asarray(bend, dtype=np.float32)[self.k]
@@ -430,7 +433,7 @@ def make_rock(rng: np.random.Generator, sr: int = SAMPLE_RATE, duration: Optiona
     hold = 0.4 * period if palm else period
     chords = _Notes(n, sr, _humanise(rng, e8, 4), np.full(len(e8), hold), rng.uniform(0.8, 1.0, len(e8)),
                     0.003, rng.uniform(0.15, 0.3) if palm else rng.uniform(0.8, 2.0), 0.03)
-    saw = _harmonic_table(_timbre(rng, 16, (0.9, 1.2)))
+    saw = _harmonic_table(_timbre(rng, 16, (0.6, 1.0)))
     roots = key + chord_of_beat[beat_idx] + 12 * int(rng.integers(0, 2))
     power = sum(chords.render(saw, roots + iv, phase0=0.37 * j) for j, iv in enumerate((0, 7, 12)))
     drive = rng.uniform(3.0, 12.0)
@@ -511,7 +514,7 @@ def make_classical(rng: np.random.Generator, sr: int = SAMPLE_RATE, duration: Op
     mix = np.zeros(n, dtype=np.float32)
 
     # String section: sustained chord tones (degrees 0, 2, 4 of the chord), slow bowed attacks.
-    amps = _timbre(rng, int(rng.integers(14, 25)), (0.7, 1.3))
+    amps = _timbre(rng, int(rng.integers(14, 25)), (1.1, 1.8))
     amps[1::2] *= rng.uniform(0.5, 1.0)  # body resonance: even partials a bit weaker
     table = _harmonic_table(amps)
     ct = beats[::2]
