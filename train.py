@@ -63,7 +63,7 @@ class TrainSettings:
     model: dict = field(default_factory=dict)  # MusicGenreMoEConfig overrides (from the MODEL_FLAGS)
 
 
-QUICK = {"n_per_genre": 24, "epochs": 40, "patience": 10, "t_max": 40}
+QUICK = {"n_per_genre": 40, "epochs": 40, "patience": 20, "t_max": 40}
 
 
 # -- settings ---------------------------------------------------------------------------------------
