@@ -549,9 +549,8 @@ def extract_windows(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = 
     windows = split_windows(y, sr, clip_seconds)
     win = int(round(clip_seconds * sr))
     starts_all = [i * win for i in range(len(windows))]
-    if len(windows) > 1 and len(y) % win:
-        if len(windows) > len(y) // win:
-            starts_all[-1] = len(y) - win
+    if len(windows) > max(len(y) // win, 1):  # the kept tail window is aligned to the song's end
+        starts_all[-1] = len(y) - win
     rows, starts, silent = [], [], 0
     for w, s in zip(windows, starts_all):
         try:
