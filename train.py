@@ -31,6 +31,7 @@ import evaluation
 import plots
 from configuration import MusicGenreMoEConfig
 from features import FEATURE_GROUPS, FEATURE_NAMES, SAMPLE_RATE, extract_many, load_audio
+from fewshot import batch_prototypical_loss
 from modeling import MusicGenreMoE
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".au", ".aiff", ".aif")
@@ -60,6 +61,8 @@ class TrainSettings:
     cache_dir: str | None = None      # feature cache (default: features.py's); "none" disables
     plots: bool = True
     quick: bool = False               # small data and few epochs, for smoke tests
+    episodic: bool = False            # add the Prototypical-Networks loss (fewshot.py), each minibatch an episode
+    proto_weight: float = 1.0         # weight of that loss when --episodic
     model: dict = field(default_factory=dict)  # MusicGenreMoEConfig overrides (from the MODEL_FLAGS)
 
 
@@ -221,8 +224,12 @@ def feature_stats(x):
 # -- training ---------------------------------------------------------------------------------------
 
 
-def run_epoch(model, x, y, optimiser=None, batch_size=64, grad_clip=1.0, generator=None):
-    """One pass over (x, y); trains when an optimiser is given. Returns mean loss terms and accuracy."""
+def run_epoch(model, x, y, optimiser=None, batch_size=64, grad_clip=1.0, generator=None, proto_weight=0.0):
+    """One pass over (x, y); trains when an optimiser is given. Returns mean loss terms and accuracy.
+
+    `proto_weight > 0` adds `proto_weight * fewshot.batch_prototypical_loss` of the fused embeddings
+    (each minibatch an episode, leave-one-out prototypes) to the loss, as `proto_loss`.
+    """
     train = optimiser is not None
     model.train(train)
     order = torch.randperm(len(x), generator=generator) if train else torch.arange(len(x))
@@ -231,13 +238,19 @@ def run_epoch(model, x, y, optimiser=None, batch_size=64, grad_clip=1.0, generat
         idx = order[start:start + batch_size]
         with torch.set_grad_enabled(train):
             out = model(x[idx], labels=y[idx])
+            loss = out.loss
+            if proto_weight:
+                proto = batch_prototypical_loss(out.embedding, y[idx])
+                loss = loss + proto_weight * proto
+                sums["proto_loss"] = sums.get("proto_loss", 0.0) + proto.item() * len(idx)
         if train:
             optimiser.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimiser.step()
-        for k in ("loss", "ce_loss", "routing_loss", "load_balance_loss", "entropy_loss", "kan_reg_loss"):
+        for k in ("ce_loss", "routing_loss", "load_balance_loss", "entropy_loss", "kan_reg_loss"):
             sums[k] = sums.get(k, 0.0) + out[k].item() * len(idx)
+        sums["loss"] = sums.get("loss", 0.0) + loss.item() * len(idx)
         correct += (out.logits.argmax(1) == y[idx]).sum().item()
     return {k: v / len(x) for k, v in sums.items()} | {"acc": correct / len(x)}
 
@@ -252,8 +265,10 @@ def fit(model, train, val, s, log=print):
     gen = torch.Generator().manual_seed(s.seed)
     history, best, best_epoch, best_state, waited = {}, float("inf"), 0, None, 0
     for epoch in range(1, s.epochs + 1):
-        tr = run_epoch(model, *train, optimiser=opt, batch_size=s.batch_size, grad_clip=s.grad_clip, generator=gen)
-        va = run_epoch(model, *val, batch_size=512)
+        proto = s.proto_weight if s.episodic else 0.0
+        tr = run_epoch(model, *train, optimiser=opt, batch_size=s.batch_size, grad_clip=s.grad_clip, generator=gen,
+                       proto_weight=proto)
+        va = run_epoch(model, *val, batch_size=512, proto_weight=proto)
         sched.step()
         for prefix, d in (("train", tr), ("val", va)):
             for k, v in d.items():

@@ -1,0 +1,223 @@
+"""Few-shot genres: episode sampling, prototypical losses, add_genre from audio files, save/load,
+and the episodic training flag."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fewshot
+import train
+from configuration import MusicGenreMoEConfig
+from modeling import MusicGenreMoE
+
+TINY = dict(hidden_size=16, expert_hidden_size=8, expert_output_size=4, gate_hidden_sizes=[8, 8],
+            classifier_hidden_size=8)
+
+
+def toy_rows(n_classes=5, n_tracks=5, n_windows=6):
+    """labels, tracks for n_classes x n_tracks recordings of n_windows windows each."""
+    labels = np.repeat(np.arange(n_classes), n_tracks * n_windows)
+    tracks = np.repeat(np.arange(n_classes * n_tracks), n_windows)
+    return labels, tracks
+
+
+# -- episodes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k_shot", [1, 5])
+def test_support_and_query_never_share_a_recording(k_shot):
+    labels, tracks = toy_rows()
+    for ep in fewshot.sample_episodes(200, labels, tracks, n_way=5, k_shot=k_shot, n_query=5, seed=1):
+        assert len(ep.support) == 5 * k_shot and len(ep.query) == 25
+        assert not set(tracks[ep.support]) & set(tracks[ep.query])
+        assert len(set(ep.support.tolist())) == len(ep.support)  # no window twice
+        np.testing.assert_array_equal(labels[ep.support], ep.classes[ep.support_labels])
+        np.testing.assert_array_equal(labels[ep.query], ep.classes[ep.query_labels])
+        for i in range(5):  # queries of a class come from its one query recording
+            assert set(tracks[ep.query[ep.query_labels == i]]) == {ep.query_tracks[i]}
+            # window shots are spread round-robin: K shots from min(K, 4) recordings
+            assert len(set(tracks[ep.support[ep.support_labels == i]])) == min(k_shot, 4)
+
+
+def test_episodes_are_reproducible_and_cover_every_query_recording():
+    labels, tracks = toy_rows()
+    a = fewshot.sample_episodes(50, labels, tracks, 5, 1, 3, seed=7)
+    b = fewshot.sample_episodes(50, labels, tracks, 5, 1, 3, seed=7)
+    assert all(np.array_equal(x.support, y.support) and np.array_equal(x.query, y.query) for x, y in zip(a, b))
+    assert set(np.concatenate([e.query_tracks for e in a]).tolist()) == set(range(25))
+
+
+def test_recording_shots_take_whole_recordings():
+    labels, tracks = toy_rows()
+    ep = fewshot.sample_episode(np.random.default_rng(0), labels, tracks, 3, 2, 4, shot_unit="recording")
+    assert len(ep.support) == 3 * 2 * 6 and not set(tracks[ep.support]) & set(tracks[ep.query])
+    with pytest.raises(ValueError, match="need 6 recordings, got 5"):
+        fewshot.sample_episode(np.random.default_rng(0), labels, tracks, 3, 5, 4, shot_unit="recording")
+
+
+def test_episode_errors_name_the_problem():
+    labels, tracks = toy_rows(n_tracks=1)
+    with pytest.raises(ValueError, match="needs >= 2 recordings"):
+        fewshot.sample_episode(np.random.default_rng(0), labels, tracks, 2, 1, 1)
+    labels, tracks = toy_rows()
+    with pytest.raises(ValueError, match="n_way=6"):
+        fewshot.sample_episode(np.random.default_rng(0), labels, tracks, 6, 1, 1)
+    with pytest.raises(ValueError, match="25 window shots requested, only 24"):
+        fewshot.sample_episode(np.random.default_rng(0), labels, tracks, 2, 25, 1)
+
+
+# -- prototypes and losses --------------------------------------------------------------------------
+
+
+def test_prototype_logits_and_loss_match_a_direct_computation():
+    torch.manual_seed(0)
+    s, q = torch.randn(6, 3), torch.randn(4, 3)
+    sy, qy = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 2])
+    protos = torch.stack([s[sy == c].mean(0) for c in range(3)])
+    expected = -((q[:, None] - protos[None]) ** 2).sum(-1)
+    torch.testing.assert_close(fewshot.prototype_logits(s, sy, q, 3), expected)
+    torch.testing.assert_close(fewshot.prototypical_loss(s, sy, q, qy, 3), F.cross_entropy(expected, qy))
+    cos = fewshot.prototype_logits(s, sy, q, 3, metric="cosine")
+    sn = F.normalize(s, dim=1)
+    pn = F.normalize(torch.stack([sn[sy == c].mean(0) for c in range(3)]), dim=1)
+    torch.testing.assert_close(cos, 10 * F.normalize(q, dim=1) @ pn.T)
+
+
+def brute_force_batch_loss(emb, labels, metric):
+    logits, targets = [], []
+    classes = sorted(set(labels.tolist()))
+    e = F.normalize(emb, dim=1) if metric == "cosine" else emb
+    for i in range(len(e)):
+        own = [j for j in range(len(e)) if labels[j] == labels[i] and j != i]
+        if not own:
+            continue
+        row = []
+        for c in classes:
+            members = own if c == labels[i] else [j for j in range(len(e)) if labels[j] == c]
+            p = e[members].mean(0)
+            row.append(10 * (e[i] @ F.normalize(p, dim=0)) if metric == "cosine" else -((e[i] - p) ** 2).sum())
+        logits.append(torch.stack(row))
+        targets.append(classes.index(labels[i].item()))
+    return F.cross_entropy(torch.stack(logits), torch.tensor(targets))
+
+
+@pytest.mark.parametrize("metric", fewshot.METRICS)
+def test_batch_loss_uses_leave_one_out_prototypes(metric):
+    torch.manual_seed(1)
+    emb = torch.randn(13, 4, requires_grad=True)
+    labels = torch.tensor([3, 3, 3, 1, 1, 4, 4, 4, 4, 7, 1, 3, 4])  # class 7 has one row: skipped as query
+    loss = fewshot.batch_prototypical_loss(emb, labels, metric)
+    torch.testing.assert_close(loss, brute_force_batch_loss(emb, labels, metric))
+    loss.backward()
+    assert torch.isfinite(emb.grad).all() and emb.grad.abs().sum() > 0
+
+
+def test_batch_loss_is_zero_without_a_usable_episode():
+    emb = torch.randn(3, 4, requires_grad=True)
+    assert fewshot.batch_prototypical_loss(emb, torch.tensor([0, 0, 0])).item() == 0.0  # one class
+    assert fewshot.batch_prototypical_loss(emb, torch.tensor([0, 1, 2])).item() == 0.0  # no pairs
+
+
+def test_episode_accuracy_and_confidence_intervals():
+    labels, tracks = toy_rows()
+    emb = np.eye(5, dtype=np.float32)[labels] * 3 + np.random.default_rng(0).normal(0, 0.1, (len(labels), 5))
+    ep = fewshot.sample_episode(np.random.default_rng(0), labels, tracks, 5, 1, 5)
+    acc, correct = fewshot.episode_accuracy(emb, ep)
+    assert acc == 1.0 and correct.shape == (25,)
+    lr_acc, _ = fewshot.logistic_regression_accuracy(emb, ep)
+    assert lr_acc == 1.0
+    m, (lo, hi) = fewshot.mean_ci([0.5, 0.7, 0.6, 0.8])
+    assert m == pytest.approx(0.65) and lo < m < hi
+    m, (lo, hi), n = fewshot.cluster_ci({"a": [1, 1, 0], "b": [1, 0, 0], "c": [1, 1, 1]})
+    assert n == 3 and m == pytest.approx(2 / 3) and lo < m < hi
+
+
+# -- add_genre from audio files and the round trip ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def audio_model(tmp_path_factory):
+    """A tiny model with real feature stats, trained-genre prototypes, and two 10-s WAV files."""
+    import soundfile
+
+    from features import extract_windows
+    from synth import generate_clip
+
+    folder = tmp_path_factory.mktemp("fewshot_audio")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(2):
+        y = generate_clip("rock", rng, duration=10.0)
+        paths.append(folder / f"surf{i}.wav")
+        soundfile.write(paths[-1], y, 22050)
+    feats = np.concatenate([extract_windows(generate_clip(g, rng, duration=5.0)) for g in
+                            ("jazz", "blues", "rock", "pop", "classical") for _ in range(2)])
+    torch.manual_seed(0)
+    config = MusicGenreMoEConfig(**TINY, feature_mean=feats.mean(0), feature_std=feats.std(0) + 1e-3)
+    model = MusicGenreMoE(config).eval()
+    model.set_genre_prototypes(torch.from_numpy(feats), np.repeat(np.arange(5), 2))
+    return model, paths
+
+
+def test_add_genre_from_audio_files_is_the_mean_window_embedding(audio_model):
+    from features import extract_windows, load_audio
+
+    model, paths = audio_model
+    proto = model.add_genre("surf", [str(p) for p in paths])
+    windows = np.concatenate([extract_windows(load_audio(p)) for p in paths])
+    assert len(windows) == 4  # two 10-s files, two 5-s windows each
+    expected = model.embed(torch.from_numpy(windows), already_normalised=False).mean(0)
+    np.testing.assert_allclose(proto, expected.numpy(), rtol=1e-5, atol=1e-6)
+    r = model.predict(windows[0], already_normalised=False)
+    assert set(r["prototype_scores"]) == {"jazz", "blues", "rock", "pop", "classical", "surf"}
+    assert sum(r["prototype_scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    song = model.predict_audio(paths[0])
+    assert "prototype_scores" in song and song["num_windows"] == 2
+
+
+def test_add_genre_from_one_waveform_needs_its_rate(audio_model):
+    from features import load_audio
+
+    model, paths = audio_model
+    y = load_audio(paths[0])
+    with pytest.raises(ValueError, match="sampling_rate"):
+        model.add_genre("surf_wave", [y])
+    proto = model.add_genre("surf_wave", [y], sampling_rate=22050)  # K = 1
+    assert len(proto) == model.config.expert_output_size
+
+
+def test_prototypes_survive_save_pretrained_and_from_pretrained(audio_model, tmp_path):
+    model, paths = audio_model
+    model.add_genre("surf", [str(paths[0])])
+    model.save_pretrained(tmp_path)
+    loaded = MusicGenreMoE.from_pretrained(tmp_path).eval()
+    assert loaded.config.prototypes == model.config.prototypes
+    x = np.random.default_rng(3).normal(size=(3, 59)).astype(np.float32)
+    a, b = model.predict(x), loaded.predict(x)
+    for ra, rb in zip(a, b):
+        assert ra["predicted_genre"] == rb["predicted_genre"]
+        assert ra["prototype_scores"] == pytest.approx(rb["prototype_scores"], abs=1e-6)
+
+
+# -- episodic training ----------------------------------------------------------------------------
+
+
+def test_episodic_flag_adds_the_prototypical_loss():
+    s = train.parse_settings(["--episodic", "--proto-weight", "0.5", "--epochs", "3", "--patience", "5"])
+    assert s.episodic and s.proto_weight == 0.5
+    assert not train.parse_settings([]).episodic
+    torch.manual_seed(0)
+    x = torch.randn(80, 59)
+    y = torch.arange(80) % 5
+    x[:, :5] += 2 * F.one_hot(y, 5)  # a learnable signal
+    model = MusicGenreMoE(MusicGenreMoEConfig(**TINY))
+    history, best_epoch = train.fit(model, (x[:60], y[:60]), (x[60:], y[60:]), s, log=lambda *_: None)
+    assert len(history["train_proto_loss"]) == 3 and 1 <= best_epoch <= 3
+    assert all(np.isfinite(history["val_proto_loss"]))
+    # the logged loss is the model's loss plus the weighted prototypical term
+    model.eval()
+    terms = train.run_epoch(model, x[60:], y[60:], batch_size=512, proto_weight=0.5)
+    out = model(x[60:], labels=y[60:])
+    proto = fewshot.batch_prototypical_loss(out.embedding, y[60:])
+    assert terms["loss"] == pytest.approx((out.loss + 0.5 * proto).item(), rel=1e-5)
