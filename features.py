@@ -74,7 +74,7 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "SAMPLE_RATE", "N_FFT", "HOP_LENGTH", "N_MFCC", "FEATURE_NAMES", "N_FEATURES", "FEATURE_GROUPS",
     "FEATURE_VERSION", "MIN_SECONDS", "SILENCE_DBFS", "HR_TIME_POOL", "AudioError", "ExtractionResult",
-    "load_audio", "extract_features", "reference_features", "split_windows", "extract_windows",
+    "load_audio", "resample_audio", "extract_features", "reference_features", "split_windows", "extract_windows",
     "extract_many", "default_cache_dir",
 ]
 
@@ -215,6 +215,30 @@ def load_audio(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     # Lossy decoders and resampling can overshoot full scale slightly.
     y = np.clip(y, -1.0, 1.0).astype(np.float32, copy=False)
     return _check_signal(y, sr, source)
+
+
+def resample_audio(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample a mono signal from ``orig_sr`` to ``target_sr`` (soxr_hq, as :func:`load_audio`).
+
+    Returns the input as float32 unchanged when the rates are equal (no librosa needed then).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,)
+    orig_sr, target_sr : int
+
+    Returns
+    -------
+    np.ndarray, shape (round(n_samples * target_sr / orig_sr),), float32
+    """
+    y = np.asarray(y, dtype=np.float32)
+    orig_sr, target_sr = int(orig_sr), int(target_sr)
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got orig_sr={orig_sr}, target_sr={target_sr}")
+    if orig_sr == target_sr:
+        return y
+    _require_audio_deps("resample_audio")
+    return librosa.resample(y, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq").astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
