@@ -216,6 +216,7 @@ class MusicGenreMoEPreTrainedModel(PreTrainedModel):
     config_class = MusicGenreMoEConfig
     base_model_prefix = "moe"
     main_input_name = "input_features"
+    input_modalities = "audio"
 
     def _init_weights(self, module):
         # PyTorch's own (Kaiming-uniform) init instead of transformers' N(0, 0.02): with N(0, 0.02)
