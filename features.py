@@ -210,8 +210,7 @@ def load_audio(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     y = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(y).all():
         raise AudioError(f"{source}: audio contains NaN or infinite samples")
-    if file_sr != sr:
-        y = librosa.resample(y, orig_sr=file_sr, target_sr=sr, res_type="soxr_hq")
+    y = resample_audio(y, file_sr, sr)
     # Lossy decoders and resampling can overshoot full scale slightly.
     y = np.clip(y, -1.0, 1.0).astype(np.float32, copy=False)
     return _check_signal(y, sr, source)

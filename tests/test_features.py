@@ -221,6 +221,17 @@ def test_load_audio_wav_is_exact_at_native_rate(tmp_path):
     assert len(other) == 16000
 
 
+def test_resample_audio():
+    y = tone(1000, 1.0, 44100)
+    same = F.resample_audio(y, 44100, 44100)
+    assert same.dtype == np.float32 and np.array_equal(same, y)
+    down = F.resample_audio(y, 44100, SR)
+    assert down.dtype == np.float32 and len(down) == SR
+    assert np.argmax(np.abs(np.fft.rfft(down))) == pytest.approx(1000, abs=2)  # 1-s clip: 1 Hz bins
+    with pytest.raises(ValueError, match="positive"):
+        F.resample_audio(y, 0, SR)
+
+
 def test_load_audio_errors_name_the_file(tmp_path):
     cases = {}
     cases["missing.wav"] = "not found"
