@@ -374,23 +374,27 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
             The `predict` dict for the whole song plus `num_windows` and `windows` (one dict per
             window with `start`/`end` seconds, `predicted_genre`, `confidence`, `probabilities`).
         """
-        feats = self._window_features(audio, sampling_rate)
+        feats, starts = self._window_features(audio, sampling_rate, return_starts=True)
         self.eval()
         out = self(feats, already_normalised=False)
         probs = out.logits.softmax(-1)
         song = self._results(probs.mean(0, keepdim=True), out.gate_weights.mean(0, keepdim=True),
                              out.embedding.mean(0, keepdim=True))[0]
-        hop = self.config.clip_seconds
+        sr, win = self.config.sampling_rate, self.config.clip_seconds
         song["num_windows"] = len(feats)
         song["windows"] = [
-            {"start": round(i * hop, 3), "end": round((i + 1) * hop, 3), **{k: r[k] for k in
-             ("predicted_genre", "confidence", "probabilities")}}
-            for i, r in enumerate(self._results(probs, out.gate_weights, out.embedding))
+            {"start": round(int(s0) / sr, 3), "end": round(int(s0) / sr + win, 3),
+             **{k: r[k] for k in ("predicted_genre", "confidence", "probabilities")}}
+            for s0, r in zip(starts, self._results(probs, out.gate_weights, out.embedding))
         ]
         return song
 
-    def _window_features(self, audio, sampling_rate=None):
-        """(n_windows, num_features) raw features of a file or waveform, at the config's sample rate."""
+    def _window_features(self, audio, sampling_rate=None, return_starts=False):
+        """(n_windows, num_features) raw features of a file or waveform, at the config's sample rate.
+
+        Silent windows are skipped (see `features.extract_windows`); `return_starts` adds each kept
+        window's first sample.
+        """
         try:
             from .features import load_audio, extract_windows, resample_audio
         except ImportError:
@@ -402,7 +406,7 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
             if sampling_rate is None:
                 raise ValueError("predict_audio: a waveform needs its sampling_rate (e.g. 22050), got None")
             y = resample_audio(np.asarray(audio, dtype=np.float32), int(sampling_rate), sr)
-        return extract_windows(y, sr=sr, clip_seconds=self.config.clip_seconds)
+        return extract_windows(y, sr=sr, clip_seconds=self.config.clip_seconds, return_starts=return_starts)
 
     # -- few-shot genres --------------------------------------------------------------------------
 
