@@ -153,7 +153,9 @@ def list_recordings(data_dir, genres=None):
     genres = _pick_genres(available, genres)
     paths, labels = [], []
     for i, g in enumerate(genres):
-        files = sorted(f for f in (root / g).rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS)
+        # Regular files only, and no hidden ones (macOS "._x.wav" resource forks are not audio).
+        files = sorted(f for f in (root / g).rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS
+                       and f.is_file() and not f.name.startswith("."))
         if not files:
             raise FileNotFoundError(f"{root / g}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
         paths += files
@@ -165,6 +167,10 @@ def load_folder(s):
     paths, labels, genres = list_recordings(s.data_dir, s.genres)
     clip_seconds = s.model["clip_seconds"]
     result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=clip_seconds, n_jobs=s.n_jobs, cache_dir=_cache(s))
+    unreadable = [g for i, g in enumerate(genres) if not any(labels[k] == i for k in result.ok)]
+    if unreadable:
+        raise ValueError(f"--data-dir {s.data_dir}: no readable recording for genre(s) {unreadable}; "
+                         f"skipped: {result.failures[:5]}")
     feats, rows_label, rows_track, names = [], [], [], []
     for t, (idx, f) in enumerate(zip(result.ok, result.features)):
         feats.append(f)
@@ -356,6 +362,9 @@ def main(argv=None, log=print):
     genres = data.genres
     track_labels = np.asarray([data.labels[data.tracks == t][0] for t in range(len(data.track_names))])
     splits = split_tracks(track_labels, [float(v) for v in s.split.split(",")], s.seed)
+    if len(splits[1]) == 0 or len(splits[2]) == 0:
+        raise ValueError(f"--split {s.split}: expected at least one validation track (early stopping) and one "
+                         f"test track, got train/val/test {len(splits[0])}/{len(splits[1])}/{len(splits[2])} tracks")
     rows = [np.flatnonzero(np.isin(data.tracks, part)) for part in splits]
     mean, std = feature_stats(data.features[rows[0]])
     norm = [(torch.from_numpy((data.features[r] - mean) / std).float(), torch.from_numpy(data.labels[r]).long())
@@ -429,6 +438,9 @@ def classification_report(metrics, genres):
         t = metrics["track_level"]
         lines.append(f"track level ({t['n_tracks']} recordings): accuracy {t['test_accuracy']:.4f} "
                      f"(95% CI {t['test_accuracy_ci95'][0]:.3f}-{t['test_accuracy_ci95'][1]:.3f})  macro F1 {t['macro_f1']:.4f}")
+    skipped = metrics.get("dataset", {}).get("skipped", [])
+    if skipped:
+        lines += ["", f"skipped {len(skipped)} unreadable recording(s):"] + [f"  {p}: {r}" for p, r in skipped]
     return "\n".join(lines) + "\n"
 
 
