@@ -48,6 +48,11 @@ CUSTOM_PIPELINES = {
 # Modules the remote loader imports; their `from .x import` siblings are added by `code_files`.
 ENTRY_MODULES = ("configuration.py", "modeling.py", "pipeline.py")
 NOTEBOOK = "walkthrough.ipynb"
+# The notebook's own imports beyond the model's code, shipped with it (with their sibling imports,
+# see `notebook_modules`) so that Colab can fetch them: its first cell runs
+# snapshot_download(allow_patterns=["*.py", "config.json"]).
+NOTEBOOK_MODULES = ("synth.py", "evaluation.py", "plots.py", "train.py", "upload_to_hub.py", "model_card.py")
+NOTEBOOK_REPO_PLACEHOLDER = "your-username/music-genre-moe"
 FIGURES = ("confusion_matrix.png", "expert_gates.png", "calibration.png", "roc_curves.png",
            "training_curves.png", "radar_charts.png", "feature_importance.png", "genre_spectrograms.png")
 
@@ -175,6 +180,21 @@ def code_files(root=ROOT):
     return found
 
 
+def notebook_modules(root=ROOT):
+    """NOTEBOOK_MODULES and, transitively, every sibling module they import (absolute or relative)."""
+    todo, found = list(NOTEBOOK_MODULES), []
+    while todo:
+        name = todo.pop(0)
+        path = Path(root) / name
+        if name in found or not path.is_file():
+            continue
+        found.append(name)
+        text = path.read_text(encoding="utf-8")
+        imported = re.findall(r"^\s*(?:from\s+\.?|import\s+)(\w+)", text, re.M)
+        todo += [f"{m}.py" for m in imported if (Path(root) / f"{m}.py").is_file()]
+    return found
+
+
 def _safetensors_available():
     try:
         import safetensors.torch  # noqa: F401
@@ -231,7 +251,12 @@ def build_export(src, run_dir, folder, repo_id):
         shutil.copy2(ROOT / name, folder / name)
     has_notebook = (ROOT / NOTEBOOK).is_file()
     if has_notebook:
-        shutil.copy2(ROOT / NOTEBOOK, folder / NOTEBOOK)
+        # The notebook's default REPO_ID becomes this repo, so "Open in Colab" fetches the right code.
+        text = (ROOT / NOTEBOOK).read_text(encoding="utf-8")
+        (folder / NOTEBOOK).write_text(text.replace(NOTEBOOK_REPO_PLACEHOLDER, repo_id), encoding="utf-8")
+        for name in notebook_modules():
+            if not (folder / name).exists():
+                shutil.copy2(ROOT / name, folder / name)
     shutil.copy2(Path(run_dir) / "metrics.json", folder / "metrics.json")
     figures = [f for f in FIGURES if (Path(run_dir) / f).is_file()]
     if figures:

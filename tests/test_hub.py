@@ -313,6 +313,9 @@ def test_push_sends_one_commit_with_every_file(quick_run, export_dir, tmp_path):
     pushed, exported = dict(commit["files"]), export_files(export_dir)
     assert f'from_pretrained("{REPO}"'.encode() in pushed.pop("README.md")
     exported.pop("README.md")
+    if "walkthrough.ipynb" in exported:  # the notebook's default REPO_ID names the repo pushed to, too
+        placeholder = upload_to_hub.NOTEBOOK_REPO_PLACEHOLDER.encode()
+        assert pushed.pop("walkthrough.ipynb") == exported.pop("walkthrough.ipynb").replace(placeholder, REPO.encode())
     assert pushed == exported
     assert (export_dir / "model.safetensors").read_bytes() in state.lfs_objects.values()  # went through LFS
     authed = [(m, p, a) for m, p, a in state.requests if p.startswith(("/api/repos", "/api/models", f"/{REPO}"))]
