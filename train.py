@@ -204,7 +204,9 @@ def split_tracks(track_labels, proportions, seed):
     """Stratified, seeded split of tracks: returns (train, val, test) arrays of track indices.
 
     Each genre's tracks are shuffled and divided in the given proportions (at least one track for
-    training); with proportions 120,30,30 and 180 clips per genre that is exactly 120/30/30.
+    training); with proportions 120,30,30 and 180 clips per genre that is exactly 120/30/30. A
+    non-zero validation or test share gets at least one track of a genre that has three or more
+    (round() alone would give 3 recordings x 30/180 = 0, leaving nothing to stop early on).
     """
     rng = np.random.default_rng(seed)
     w = np.asarray(proportions, dtype=float) / np.sum(proportions)
@@ -213,6 +215,7 @@ def split_tracks(track_labels, proportions, seed):
         tracks = rng.permutation(np.flatnonzero(track_labels == g))
         n = len(tracks)
         n_val, n_test = int(round(n * w[1])), int(round(n * w[2]))
+        n_val, n_test = max(n_val, int(w[1] > 0)), max(n_test, int(w[2] > 0))
         if n - n_val - n_test < 1:
             n_val, n_test = max(0, min(n_val, n - 1 - n_test)), min(n_test, n - 1)
         parts[1].extend(tracks[:n_val])
