@@ -47,6 +47,9 @@ class MusicGenreMoEConfig(PretrainedConfig):
             Spline intervals of each KAN layer.
         kan_spline_order (`int`, *optional*, defaults to 3):
             B-spline order of each KAN layer.
+        kan_basis (`str`, *optional*, defaults to `"bspline"`):
+            Basis of each KAN layer: `"bspline"` or `"rbf"` (Gaussian radial basis, cheaper on CPU;
+            see `kan.py` and `benchmarks/ablation_experts.py`).
         label_smoothing (`float`, *optional*, defaults to 0.1):
             Label smoothing of the cross-entropy term.
         load_balance_weight (`float`, *optional*, defaults to 0.05):
@@ -95,6 +98,7 @@ class MusicGenreMoEConfig(PretrainedConfig):
         expert_type="mlp",
         kan_grid_size=5,
         kan_spline_order=3,
+        kan_basis="bspline",
         label_smoothing=0.1,
         load_balance_weight=0.05,
         entropy_weight=0.01,
@@ -125,6 +129,7 @@ class MusicGenreMoEConfig(PretrainedConfig):
         self.expert_type = expert_type
         self.kan_grid_size = kan_grid_size
         self.kan_spline_order = kan_spline_order
+        self.kan_basis = kan_basis
         self.label_smoothing = label_smoothing
         self.load_balance_weight = load_balance_weight
         self.entropy_weight = entropy_weight
@@ -142,6 +147,8 @@ class MusicGenreMoEConfig(PretrainedConfig):
     def _validate(self):
         if self.expert_type not in ("mlp", "kan"):
             raise ValueError(f"expert_type must be 'mlp' or 'kan', got {self.expert_type!r}")
+        if self.kan_basis not in ("bspline", "rbf"):
+            raise ValueError(f"kan_basis must be 'bspline' or 'rbf', got {self.kan_basis!r}")
         k = self.num_experts_per_tok
         if k is not None and not 1 <= k <= self.num_labels:
             raise ValueError(f"num_experts_per_tok must be None or in [1, {self.num_labels}], got {k!r}")

@@ -65,7 +65,8 @@ def linear_layer(config, in_features, out_features, kan=False):
     """A Linear layer, or a Kolmogorov-Arnold layer of the same shape when `kan` is set."""
     if kan:
         return KANLinear(
-            in_features, out_features, grid_size=config.kan_grid_size, spline_order=config.kan_spline_order
+            in_features, out_features, grid_size=config.kan_grid_size, spline_order=config.kan_spline_order,
+            basis=getattr(config, "kan_basis", "bspline"),  # configs saved before kan_basis existed
         )
     return nn.Linear(in_features, out_features)
 
