@@ -1,0 +1,233 @@
+"""Few-shot genre recognition on genres the model never saw: N-way K-shot episodes.
+
+Usage::
+
+    python benchmarks/fewshot_eval.py ../shared/data/gtzan-mini-dev            # the full evaluation
+    python benchmarks/fewshot_eval.py ../shared/data/gtzan-mini-dev --swap     # development direction
+    python benchmarks/fewshot_eval.py ../shared/data/gtzan-mini-dev --quick    # smoke run
+
+Protocol (definitions in `fewshot.py`)
+-------------------------------------
+* Embedding models are trained on the *train genres* of DIR only (default: the five seed genres
+  jazz, blues, rock, pop, classical; all their recordings, 5-s windows) with train.py's optimiser
+  and loss for a fixed number of epochs (no early stopping, so nothing is chosen on any
+  evaluation data). Feature z-scoring uses the train genres' windows, as a trained model's config
+  does. ``--seeds`` models per training variant; an episode's accuracy for a model variant is the
+  mean over its seeds.
+* Episodes are drawn from the *test genres* (default: country, disco, hiphop, metal, reggae):
+  5-way, K = 1 and 5, ``--episodes`` per K (default 1,000). A shot is one 5-s window; per class
+  the queries (``--n-query`` windows, default 5) come from one recording and the K support windows
+  from the class's other recordings (round-robin, so K = 5 uses 4 recordings). Every method is
+  scored on the same episodes.
+* Methods: prototypes of raw z-scored features (Euclidean; cosine as well), logistic regression
+  on the raw z-scored support set (scikit-learn defaults, C = 1), and prototypes of learned
+  embeddings: the fused expert embedding (what `model.add_genre` uses, squared Euclidean) and the
+  shared-encoder output, each with Euclidean and cosine distance, for every training variant
+  (``mlp``: the default loss; ``mlp episodic``: plus the prototypical loss, `train.py --episodic`;
+  ``kan``: KAN experts, default loss).
+* Intervals: "episode CI" is mean +- 1.96 sd / sqrt(n_episodes); episodes re-use the same 25
+  recordings, so it is too narrow. "recording CI" treats each query recording's mean accuracy as
+  one observation (t interval over the 25 recordings) and is the one to read.
+* Selection: the primary learned method, declared before looking at test-genre episodes, is
+  ``mlp fused euclidean`` (the model's own add_genre). Other rows are exploratory; choosing the best
+  of them on the test genres is selection on the test set. ``--swap`` runs the development
+  direction (train on the test genres, episodes on the seed genres) to choose among variants
+  without touching the test episodes.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fewshot  # noqa: E402
+import train  # noqa: E402
+from ablation_experts import load_recordings, train_fixed_epochs  # noqa: E402
+from configuration import MusicGenreMoEConfig  # noqa: E402
+from modeling import MusicGenreMoE  # noqa: E402
+
+SEED_GENRES = ("jazz", "blues", "rock", "pop", "classical")
+NEW_GENRES = ("country", "disco", "hiphop", "metal", "reggae")
+TRAIN_VARIANTS = {  # name -> (MusicGenreMoEConfig overrides, episodic)
+    "mlp": ({}, False),
+    "mlp episodic": ({}, True),
+    "kan": ({"expert_type": "kan"}, False),
+}
+PRIMARY = "mlp fused euclidean"
+
+
+# -- embedding models -------------------------------------------------------------------------------
+
+
+def train_embedder(x, y, config_kwargs, episodic, epochs, seed, genres):
+    """A MusicGenreMoE trained on z-scored rows (x, y) of the train genres for a fixed number of epochs."""
+    torch.manual_seed(seed)
+    config = MusicGenreMoEConfig(id2label=dict(enumerate(genres)), label2id={g: i for i, g in enumerate(genres)},
+                                 **config_kwargs)
+    model = MusicGenreMoE(config)
+    s = train.TrainSettings(seed=seed, episodic=episodic)
+    if episodic:
+        _train_episodic(model, x, y, epochs, s)
+    else:
+        train_fixed_epochs(model, x, y, epochs, s)
+    return model.eval()
+
+
+def _train_episodic(model, x, y, epochs, s):
+    """As `train_fixed_epochs`, with the prototypical loss (`train.run_epoch(proto_weight=...)`)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=s.eta_min)
+    gen = torch.Generator().manual_seed(s.seed)
+    for _ in range(epochs):
+        train.run_epoch(model, x, y, optimiser=opt, batch_size=s.batch_size, grad_clip=s.grad_clip, generator=gen,
+                        proto_weight=s.proto_weight)
+        sched.step()
+
+
+LAYERS = ("fused", "encoder", "encoder1", "raw+encoder")
+
+
+@torch.no_grad()
+def embeddings(model, x):
+    """Candidate embeddings of z-scored rows x (n, 59), eval mode.
+
+    fused: the gate-weighted expert output (n, expert_output_size), what `add_genre` uses;
+    encoder: the shared encoder's output (n, hidden_size); encoder1: its first block
+    (Linear -> LayerNorm -> GELU, before the second Linear), less specialised to the trained genres;
+    raw+encoder: the L2-normalised z-scored features next to the L2-normalised encoder output.
+    """
+    model.eval()
+    enc = model.encoder(x)
+    return {"fused": model(x).embedding, "encoder": enc, "encoder1": model.encoder.net[:3](x),
+            "raw+encoder": torch.cat([F.normalize(x, dim=1), F.normalize(enc, dim=1)], dim=1)}
+
+
+# -- evaluation -------------------------------------------------------------------------------------
+
+
+def score_methods(methods, x_raw, episodes, tracks, log=print):
+    """method -> per-episode accuracy (n_episodes,) and per-query-recording correctness lists.
+
+    methods: name -> list of (n_rows, D) embeddings (one per seed) and a metric, or "logreg".
+    """
+    out = {}
+    for name, spec in methods.items():
+        t0 = time.perf_counter()
+        acc = np.zeros(len(episodes))
+        by_track = {}
+        for e, ep in enumerate(episodes):
+            if spec == "logreg":
+                per_seed = [fewshot.logistic_regression_accuracy(x_raw, ep)]
+            else:
+                embs, metric = spec
+                per_seed = [fewshot.episode_accuracy(emb, ep, metric) for emb in embs]
+            acc[e] = np.mean([a for a, _ in per_seed])
+            correct = np.mean([c for _, c in per_seed], axis=0)
+            for t, c in zip(tracks[ep.query], correct):
+                by_track.setdefault(int(t), []).append(float(c))
+        out[name] = (acc, by_track)
+        log(f"    {name:<32} {acc.mean():.3f}  ({time.perf_counter() - t0:.1f} s)")
+    return out
+
+
+def summarise(scored):
+    rows = {}
+    for name, (acc, by_track) in scored.items():
+        m, ci = fewshot.mean_ci(acc)
+        _, rci, n_rec = fewshot.cluster_ci(by_track)
+        rows[name] = {"accuracy": m, "episode_ci95": list(ci), "recording_ci95": list(rci), "n_recordings": n_rec}
+    return rows
+
+
+def table(results, shots):
+    names = list(results[shots[0]])
+    head = "| method | " + " | ".join(f"{k}-shot acc [recording 95% CI] (episode CI)" for k in shots) + " |"
+    lines = [head, "|---|" + "---|" * len(shots)]
+    for n in names:
+        cells = []
+        for k in shots:
+            r = results[k][n]
+            cells.append(f"{r['accuracy']:.3f} [{r['recording_ci95'][0]:.3f}, {r['recording_ci95'][1]:.3f}] "
+                         f"(±{(r['episode_ci95'][1] - r['episode_ci95'][0]) / 2:.3f})")
+        lines.append(f"| {n}{' (primary)' if n == PRIMARY else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data_dir", help="GTZAN-layout folder (one sub-folder of recordings per genre)")
+    p.add_argument("--train-genres", default=",".join(SEED_GENRES))
+    p.add_argument("--test-genres", default=",".join(NEW_GENRES))
+    p.add_argument("--swap", action="store_true", help="development direction: train on the test genres, "
+                                                       "evaluate on the train genres")
+    p.add_argument("--n-way", type=int, default=5)
+    p.add_argument("--shots", default="1,5")
+    p.add_argument("--n-query", type=int, default=5, help="query windows per class per episode")
+    p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--seeds", type=int, default=3, help="embedding models per training variant")
+    p.add_argument("--variants", default=",".join(TRAIN_VARIANTS), help=f"subset of {list(TRAIN_VARIANTS)}")
+    p.add_argument("--layers", default=",".join(LAYERS), help=f"embeddings to score, of {list(LAYERS)}")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run; numbers not meaningful")
+    p.add_argument("--out", default=None, help="JSON results (default runs/fewshot_eval[_swap].json)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.episodes, a.epochs, a.seeds = 30, 3, 1
+    if a.swap:
+        a.train_genres, a.test_genres = a.test_genres, a.train_genres
+    a.out = a.out or str(ROOT / "runs" / f"fewshot_eval{'_swap' if a.swap else ''}.json")
+    return a
+
+
+def main(argv=None, log=print):
+    a = parse_args(argv)
+    train_genres, test_genres = a.train_genres.split(","), a.test_genres.split(",")
+    shots = [int(k) for k in a.shots.split(",")]
+    x_tr, y_tr, _, _ = load_recordings(a.data_dir, train_genres)
+    x_te, y_te, t_te, names = load_recordings(a.data_dir, test_genres)
+    mean, std = train.feature_stats(x_tr)  # the train genres' stats, as a trained model's config holds
+    z_tr = torch.from_numpy((x_tr - mean) / std).float()
+    z_te = torch.from_numpy((x_te - mean) / std).float()
+    log(f"train genres {train_genres}: {len(y_tr)} windows; test genres {test_genres}: {len(y_te)} windows, "
+        f"{len(names)} recordings")
+
+    methods = {"raw euclidean": ([z_te], "euclidean"), "raw cosine": ([z_te], "cosine"), "raw logreg": "logreg"}
+    for variant in a.variants.split(","):
+        cfg, episodic = TRAIN_VARIANTS[variant]
+        t0 = time.perf_counter()
+        embs = [embeddings(train_embedder(z_tr, torch.from_numpy(y_tr).long(), cfg, episodic, a.epochs, seed,
+                                          train_genres), z_te) for seed in range(a.seeds)]
+        log(f"trained {a.seeds} x {variant} ({time.perf_counter() - t0:.0f} s)")
+        for layer in a.layers.split(","):
+            for metric in fewshot.METRICS:
+                methods[f"{variant} {layer} {metric}"] = ([e[layer] for e in embs], metric)
+
+    results = {}
+    for k in shots:
+        log(f"{a.n_way}-way {k}-shot, {a.episodes} episodes")
+        episodes = fewshot.sample_episodes(a.episodes, y_te, t_te, a.n_way, k, a.n_query, seed=k)
+        results[k] = summarise(score_methods(methods, z_te.numpy(), episodes, t_te, log=log))
+    report = table(results, shots)
+    print(report)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"settings": vars(a), "train_genres": train_genres, "test_genres": test_genres,
+                                       "results": {str(k): v for k, v in results.items()}, "table": report},
+                                      indent=2))
+    log(f"written to {a.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
