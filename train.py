@@ -403,7 +403,7 @@ def main(argv=None, log=print):
     timings["evaluation_s"] = time.perf_counter() - t2
     if s.plots:
         t3 = time.perf_counter()
-        write_figures(out, model, data, norm, history, best_epoch, metrics, (y, probs, gates), genres)
+        write_figures(out, model, data, norm, history, best_epoch, metrics, (y, probs, gates, logits), genres)
         timings["figures_s"] = time.perf_counter() - t3
     timings["total_s"] = time.perf_counter() - t0
     metrics["timings"] = timings
@@ -448,7 +448,7 @@ def classification_report(metrics, genres):
 
 
 def write_figures(out, model, data, norm, history, best_epoch, metrics, test, genres):
-    y, probs, gates = test
+    y, probs, gates, logits = test
     gm = evaluation.gate_matrix(y, gates, len(genres))
     plots.genre_spectrograms(data.examples, SAMPLE_RATE, out / "genre_spectrograms.png")
     plots.training_curves(history, best_epoch, out / "training_curves.png")
@@ -459,7 +459,6 @@ def write_figures(out, model, data, norm, history, best_epoch, metrics, test, ge
     importance = input_gradient_importance(model, *norm[2])
     plots.feature_importance(importance, FEATURE_NAMES, FEATURE_GROUPS, out / "feature_importance.png")
     cal = metrics["calibration"]
-    logits = np.log(np.clip(probs, 1e-12, None))
     centres, acc, counts = evaluation.reliability_curve(y, probs)
     _, acc_t, _ = evaluation.reliability_curve(y, evaluation.softmax(logits, cal["temperature"]))
     plots.reliability_diagram(centres, acc, counts, acc_t, cal["temperature"], out / "calibration.png")

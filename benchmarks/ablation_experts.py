@@ -34,7 +34,6 @@ Measurements, all in one run:
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,9 @@ import train  # noqa: E402
 from configuration import MusicGenreMoEConfig  # noqa: E402
 from features import SAMPLE_RATE, extract_many  # noqa: E402
 from modeling import MusicGenreMoE  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_kan_layer import time_cases  # noqa: E402  (the same interleaved timing loop)
 
 SEED_GENRES = ("jazz", "blues", "rock", "pop", "classical")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".au")
@@ -104,19 +106,9 @@ def make_step(config_kwargs, batch=64, seed=0):
 
 
 def time_steps(configs, repeats, iters, batch=64):
-    """name -> median over repeats of the mean step time in seconds (interleaved)."""
-    steps = {name: make_step(cfg, batch) for name, cfg in configs.items()}
-    for step in steps.values():
-        for _ in range(5):
-            step()
-    samples = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                step()
-            samples[name].append((time.perf_counter() - t0) / iters)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    """name -> median over repeats of the mean step time in seconds (interleaved, as bench_kan_layer times layers)."""
+    micro = time_cases({name: make_step(cfg, batch) for name, cfg in configs.items()}, repeats, iters)
+    return {name: us / 1e6 for name, us in micro.items()}
 
 
 # -- accuracy ---------------------------------------------------------------------------------------
