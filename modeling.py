@@ -320,6 +320,23 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         return self(features, already_normalised=already_normalised).embedding
 
     @torch.no_grad()
+    def fewshot_embed(self, features, already_normalised=True):
+        """(batch, D) vectors in the few-shot space (`config.prototype_space`), in eval mode.
+
+        The z-scored features (D = num_features) or the fused expert embedding (D =
+        expert_output_size). `add_genre`, `set_genre_prototypes` and the prototype scores all use it.
+        """
+        x = as_feature_tensor(features, self.config.num_features).to(self.device)
+        z = x if already_normalised else self.normalise(x)
+        return self._fewshot_space(z, None)
+
+    def _fewshot_space(self, z, fused):
+        """z-scored features (B, F) -> few-shot embeddings; `fused` is reused when already computed."""
+        if self.config.prototype_space == "features":
+            return z
+        return fused if fused is not None else self.embed(z)
+
+    @torch.no_grad()
     def predict(self, features, already_normalised=True):
         """Genre prediction for one feature vector (59,) or a batch (batch, 59).
 
@@ -329,8 +346,10 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         """
         single = _is_single_vector(features)
         self.eval()
-        out = self(features, already_normalised=already_normalised)
-        results = self._results(out.logits.softmax(-1), out.gate_weights, out.embedding)
+        x = as_feature_tensor(features, self.config.num_features).to(self.device)
+        z = x if already_normalised else self.normalise(x)
+        out = self(z)
+        results = self._results(out.logits.softmax(-1), out.gate_weights, self._fewshot_space(z, out.embedding))
         return results[0] if single else results
 
     def _results(self, probs, gate_weights, embedding):
@@ -377,16 +396,18 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         """
         feats, starts = self._window_features(audio, sampling_rate, return_starts=True)
         self.eval()
-        out = self(feats, already_normalised=False)
+        z = self.normalise(as_feature_tensor(feats, self.config.num_features).to(self.device))
+        out = self(z)
         probs = out.logits.softmax(-1)
+        emb = self._fewshot_space(z, out.embedding)
         song = self._results(probs.mean(0, keepdim=True), out.gate_weights.mean(0, keepdim=True),
-                             out.embedding.mean(0, keepdim=True))[0]
+                             emb.mean(0, keepdim=True))[0]
         sr, win = self.config.sampling_rate, self.config.clip_seconds
         song["num_windows"] = len(feats)
         song["windows"] = [
             {"start": round(int(s0) / sr, 3), "end": round(int(s0) / sr + win, 3),
              **{k: r[k] for k in ("predicted_genre", "confidence", "probabilities")}}
-            for s0, r in zip(starts, self._results(probs, out.gate_weights, out.embedding))
+            for s0, r in zip(starts, self._results(probs, out.gate_weights, emb))
         ]
         return song
 
@@ -420,7 +441,8 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
             examples: a list of audio paths, a list of waveforms (with `sampling_rate`), or raw
                 (not z-scored) feature vectors of shape (K, num_features).
 
-        The prototype is the mean fused embedding of the examples' windows; it is stored in
+        The prototype is the mean of the examples' windows in the few-shot space (`fewshot_embed`:
+        the z-scored features by default, see `config.prototype_space`); it is stored in
         `config.prototypes`, so it survives `save_pretrained` and Hub loading. From then on `predict`
         adds `prototype_scores` (softmax of negative squared distances to every prototype, the trained
         genres' included: train.py stores them with `set_genre_prototypes`) and names the nearest genre.
@@ -428,7 +450,7 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         if name in self.config.label2id:
             raise ValueError(f"add_genre: {name!r} is already a trained genre ({self.config.genres})")
         feats = self._examples_to_features(examples, sampling_rate)
-        emb = self.embed(feats, already_normalised=False)
+        emb = self.fewshot_embed(feats, already_normalised=False)
         self.config.prototypes[name] = emb.mean(0).tolist()
         return self.config.prototypes[name]
 
@@ -445,21 +467,25 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         return torch.cat([torch.as_tensor(self._window_features(e, sampling_rate)) for e in examples])
 
     def set_genre_prototypes(self, features, labels):
-        """Store the trained genres' prototypes (mean embedding of raw training features per genre).
+        """Store the trained genres' prototypes (mean `fewshot_embed` of raw training features per genre).
 
         Called by train.py so that few-shot genres compete with trained genres on equal terms.
         """
-        emb = self.embed(features, already_normalised=False)
+        emb = self.fewshot_embed(features, already_normalised=False)
         labels = torch.as_tensor(labels)
         for i, genre in enumerate(self.config.genres):
             self.config.prototypes[genre] = emb[labels == i].mean(0).tolist()
 
     def _prototype_scores(self, embedding):
-        """Softmax over negative squared distances to every prototype: (names, (batch, P))."""
+        """Softmax over negative mean squared distances to every prototype: (names, (batch, P)).
+
+        The squared distance is divided by the space's width so that the scores do not saturate
+        in the 59-dim feature space (the nearest prototype, the argmax, is unchanged).
+        """
         names = list(self.config.prototypes)
         protos = torch.tensor([self.config.prototypes[n] for n in names], dtype=embedding.dtype,
                               device=embedding.device)
-        return names, (-torch.cdist(embedding, protos).pow(2)).softmax(-1)
+        return names, (-torch.cdist(embedding, protos).pow(2) / embedding.shape[-1]).softmax(-1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".au", ".aiff", ".aif")
 
 # Model/loss settings exposed as flags; their defaults come from MusicGenreMoEConfig.
 MODEL_FLAGS = ("routing_weight", "load_balance_weight", "entropy_weight", "label_smoothing",
-               "gate_noise_std", "num_experts_per_tok", "expert_type", "clip_seconds")
+               "gate_noise_std", "num_experts_per_tok", "expert_type", "clip_seconds", "encoder_dropout",
+               "classifier_dropout")
 
 
 @dataclass

@@ -133,6 +133,56 @@ def test_episode_accuracy_and_confidence_intervals():
     assert n == 3 and m == pytest.approx(2 / 3) and lo < m < hi
 
 
+def test_centring_changes_cosine_but_not_euclidean_prototypes():
+    labels, tracks = toy_rows()
+    rng = np.random.default_rng(2)
+    emb = np.eye(5, dtype=np.float32)[labels] + 5.0 + rng.normal(0, 0.4, (len(labels), 5)).astype(np.float32)
+    eps = fewshot.sample_episodes(40, labels, tracks, 5, 3, 5, seed=0)
+    for ep in eps:
+        a, _ = fewshot.episode_accuracy(emb, ep)
+        b, _ = fewshot.episode_accuracy(emb, ep, centre=True)
+        assert a == b  # squared Euclidean distances are translation invariant
+    plain = np.mean([fewshot.episode_accuracy(emb, ep, "cosine")[0] for ep in eps])
+    centred = np.mean([fewshot.episode_accuracy(emb, ep, "cosine", centre=True)[0] for ep in eps])
+    assert centred > plain  # a large common offset hides the class directions from cosine
+
+
+# -- learned feature weights ------------------------------------------------------------------------
+
+
+def test_feature_weights_favour_features_that_separate_genres():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 50)
+    z = rng.normal(size=(200, 3))
+    z[:, 0] += 3 * labels  # separates genres
+    z[:, 2] *= 4  # varies a lot inside every genre, no genre signal (z-scored: like feature 1)
+    z = (z - z.mean(0)) / z.std(0)
+    w = fewshot.feature_weights(z, labels)
+    assert w.shape == (3,) and w.dtype == np.float32
+    assert w[0] > 5 and w[1] < 0.3 and w[2] < 0.3  # noise: (between ~ 0 + eps) / (within ~ 1 + eps)
+    np.testing.assert_allclose(fewshot.feature_weights(z, labels, alpha=2.0), w.astype(np.float64) ** 2, rtol=1e-5)
+    np.testing.assert_allclose(fewshot.weighted_features(z, w), z * w)
+    t = torch.from_numpy(z).float()
+    torch.testing.assert_close(fewshot.weighted_features(t, w), t * torch.from_numpy(w))
+    with pytest.raises(ValueError, match=">= 2 genres"):
+        fewshot.feature_weights(z, np.zeros(200, dtype=int))
+
+
+def test_feature_weights_help_prototypes_when_noise_features_dominate():
+    """Genres that differ on a few features, new genres on the same ones: weighting recovers them."""
+    rng = np.random.default_rng(1)
+    labels, tracks = toy_rows(n_classes=10)
+    centres = rng.normal(size=(10, 4)) * 1.5
+    z = np.concatenate([centres[labels], rng.normal(0, 2.0, (len(labels), 40))], 1)
+    z += rng.normal(0, 0.5, z.shape)
+    train_rows, test_rows = labels < 5, labels >= 5
+    w = fewshot.feature_weights(z[train_rows], labels[train_rows])
+    eps = fewshot.sample_episodes(100, labels[test_rows] - 5, tracks[test_rows], 5, 1, 5, seed=0)
+    raw = np.mean([fewshot.episode_accuracy(z[test_rows], ep)[0] for ep in eps])
+    weighted = np.mean([fewshot.episode_accuracy(z[test_rows] * w, ep)[0] for ep in eps])
+    assert weighted > raw + 0.1
+
+
 # -- add_genre from audio files and the round trip ------------------------------------------------
 
 
@@ -167,7 +217,7 @@ def test_add_genre_from_audio_files_is_the_mean_window_embedding(audio_model):
     proto = model.add_genre("surf", [str(p) for p in paths])
     windows = np.concatenate([extract_windows(load_audio(p)) for p in paths])
     assert len(windows) == 4  # two 10-s files, two 5-s windows each
-    expected = model.embed(torch.from_numpy(windows), already_normalised=False).mean(0)
+    expected = model.fewshot_embed(torch.from_numpy(windows), already_normalised=False).mean(0)
     np.testing.assert_allclose(proto, expected.numpy(), rtol=1e-5, atol=1e-6)
     r = model.predict(windows[0], already_normalised=False)
     assert set(r["prototype_scores"]) == {"jazz", "blues", "rock", "pop", "classical", "surf"}
@@ -184,7 +234,7 @@ def test_add_genre_from_one_waveform_needs_its_rate(audio_model):
     with pytest.raises(ValueError, match="sampling_rate"):
         model.add_genre("surf_wave", [y])
     proto = model.add_genre("surf_wave", [y], sampling_rate=22050)  # K = 1
-    assert len(proto) == model.config.expert_output_size
+    assert len(proto) == model.config.num_features  # the default prototype space: z-scored features
 
 
 def test_prototypes_survive_save_pretrained_and_from_pretrained(audio_model, tmp_path):
@@ -221,3 +271,37 @@ def test_episodic_flag_adds_the_prototypical_loss():
     out = model(x[60:], labels=y[60:])
     proto = fewshot.batch_prototypical_loss(out.embedding, y[60:])
     assert terms["loss"] == pytest.approx((out.loss + 0.5 * proto).item(), rel=1e-5)
+
+
+# -- the few-shot space in the model (config.prototype_space) --------------------------------------
+
+
+@pytest.mark.parametrize("space", ["features", "embedding"])
+def test_prototype_space_is_used_by_add_genre_and_survives_save(space, tmp_path):
+    rng = np.random.default_rng(4)
+    raw = rng.normal(2.0, 3.0, size=(40, 59)).astype(np.float32)
+    mean, std = raw.mean(0), raw.std(0)
+    labels = np.arange(40) % 5
+    torch.manual_seed(0)
+    config = MusicGenreMoEConfig(**TINY, feature_mean=mean, feature_std=std, prototype_space=space)
+    model = MusicGenreMoE(config).eval()
+    z = torch.from_numpy((raw - mean) / std)
+    expected = z if space == "features" else model.embed(z)
+    torch.testing.assert_close(model.fewshot_embed(torch.from_numpy(raw), already_normalised=False), expected,
+                               rtol=1e-4, atol=1e-4)
+    model.set_genre_prototypes(torch.from_numpy(raw), labels)
+    proto = model.add_genre("new", raw[:3])
+    np.testing.assert_allclose(proto, expected[:3].mean(0).numpy(), rtol=1e-4, atol=1e-4)
+    r = model.predict(raw[:3].mean(0), already_normalised=False)
+    if space == "features":  # the mean of the examples sits nearest their own prototype
+        assert max(r["prototype_scores"], key=r["prototype_scores"].get) == "new"
+    model.save_pretrained(tmp_path)
+    loaded = MusicGenreMoE.from_pretrained(tmp_path).eval()
+    assert loaded.config.prototype_space == space
+    assert loaded.predict(raw[:3].mean(0), already_normalised=False)["prototype_scores"] == pytest.approx(
+        r["prototype_scores"], abs=1e-6)
+
+
+def test_unknown_prototype_space_is_an_error():
+    with pytest.raises(ValueError, match="prototype_space must be 'features' or 'embedding', got 'raw'"):
+        MusicGenreMoEConfig(**TINY, prototype_space="raw")
