@@ -197,15 +197,8 @@ def refit_moe(data, tracks, s, epochs, init_state=None, seed=0):
 
 
 def fit_fixed_epochs(model, x, y, s, epochs):
-    """train.fit's optimiser, schedule and clipping for exactly `epochs` epochs (no validation data)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.t_max, eta_min=s.eta_min)
-    gen = torch.Generator().manual_seed(s.seed)
-    extra = {"proto_weight": s.proto_weight} if getattr(s, "episodic", False) else {}
-    for _ in range(epochs):
-        train.run_epoch(model, x, y, optimiser=opt, batch_size=s.batch_size, grad_clip=s.grad_clip,
-                        generator=gen, **extra)
-        sched.step()
+    """train.fit's optimiser, schedule, clipping and weight averaging for exactly `epochs` epochs."""
+    train.fit(model, (x, y), None, s, log=lambda *_: None, epochs=epochs)
     return model
 
 
