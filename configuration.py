@@ -158,6 +158,11 @@ class MusicGenreMoEConfig(PretrainedConfig):
     def _validate(self):
         if self.prototype_space not in ("features", "embedding"):
             raise ValueError(f"prototype_space must be 'features' or 'embedding', got {self.prototype_space!r}")
+        width = self.num_features if self.prototype_space == "features" else self.expert_output_size
+        wrong = {name: len(v) for name, v in self.prototypes.items() if len(v) != width}
+        if wrong:  # e.g. prototypes saved in the fused-embedding space by an older version
+            raise ValueError(f"prototypes in prototype_space {self.prototype_space!r} must have {width} values, "
+                             f"got {wrong}; set prototype_space to the space they were made in")
         if self.expert_type not in ("mlp", "kan"):
             raise ValueError(f"expert_type must be 'mlp' or 'kan', got {self.expert_type!r}")
         if self.kan_basis not in ("bspline", "rbf"):

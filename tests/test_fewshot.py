@@ -305,3 +305,8 @@ def test_prototype_space_is_used_by_add_genre_and_survives_save(space, tmp_path)
 def test_unknown_prototype_space_is_an_error():
     with pytest.raises(ValueError, match="prototype_space must be 'features' or 'embedding', got 'raw'"):
         MusicGenreMoEConfig(**TINY, prototype_space="raw")
+
+
+def test_prototypes_of_the_wrong_width_for_their_space_are_an_error():
+    with pytest.raises(ValueError, match=r"prototype_space 'features' must have 59 values, got \{'surf': 32\}"):
+        MusicGenreMoEConfig(**TINY, prototypes={"surf": [0.0] * 32})
