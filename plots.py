@@ -33,15 +33,21 @@ def genre_spectrograms(clips, sr, path):
     return _save(fig, path)
 
 
-def training_curves(history, best_epoch, path):
-    """Loss terms and accuracy per epoch, train against validation; the kept epoch marked."""
+def training_curves(history, best_epoch, path, ema_decay=0.0):
+    """Loss terms and accuracy per epoch, train against validation; the kept epoch marked.
+
+    Train figures are running means over the epoch of the weights being trained (dropout on);
+    validation figures are of the weights kept: their moving average when `ema_decay` > 0, which
+    lags the training weights early on.
+    """
     ep = np.arange(1, len(history["train_loss"]) + 1)
+    val = f"validation (weight average, decay {ema_decay:g})" if ema_decay else "validation"
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot(ep, history["train_loss"], label="train")
-    axes[0].plot(ep, history["val_loss"], label="validation")
+    axes[0].plot(ep, history["val_loss"], label=val)
     axes[0].set(title="total loss", xlabel="epoch")
     axes[1].plot(ep, history["train_acc"], label="train")
-    axes[1].plot(ep, history["val_acc"], label="validation")
+    axes[1].plot(ep, history["val_acc"], label=val)
     axes[1].set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
     for term in ("ce_loss", "routing_loss", "load_balance_loss", "entropy_loss"):
         axes[2].plot(ep, history[f"val_{term}"], label=term.replace("_loss", ""))

@@ -427,7 +427,7 @@ def main(argv=None, log=print):
     timings["evaluation_s"] = time.perf_counter() - t2
     if s.plots:
         t3 = time.perf_counter()
-        write_figures(out, model, data, norm, history, best_epoch, metrics, (y, probs, gates, logits), genres)
+        write_figures(out, model, data, norm, history, best_epoch, metrics, (y, probs, gates, logits), genres, s)
         timings["figures_s"] = time.perf_counter() - t3
     timings["total_s"] = time.perf_counter() - t0
     metrics["timings"] = timings
@@ -471,11 +471,11 @@ def classification_report(metrics, genres):
     return "\n".join(lines) + "\n"
 
 
-def write_figures(out, model, data, norm, history, best_epoch, metrics, test, genres):
+def write_figures(out, model, data, norm, history, best_epoch, metrics, test, genres, s):
     y, probs, gates, logits = test
     gm = evaluation.gate_matrix(y, gates, len(genres))
     plots.genre_spectrograms(data.examples, SAMPLE_RATE, out / "genre_spectrograms.png")
-    plots.training_curves(history, best_epoch, out / "training_curves.png")
+    plots.training_curves(history, best_epoch, out / "training_curves.png", ema_decay=s.ema_decay)
     plots.confusion_matrix(metrics["confusion_matrix"], genres, out / "confusion_matrix.png")
     plots.expert_gates(gm, metrics["self_activation"], genres, out / "expert_gates.png")
     plots.roc_curves(y, probs, genres, out / "roc_curves.png")

@@ -64,7 +64,7 @@ def test_regulariser_is_summed_into_the_loss_and_trains():
 @pytest.mark.parametrize("basis", ["bspline", "rbf"])
 def test_save_pretrained_round_trip_keeps_grid_and_splines(basis, tmp_path):
     model = kan_model(kan_basis=basis)
-    model.config.prototypes = {"surf": [0.5] * 4}
+    model.config.prototypes = {"surf": [0.5] * 59}  # z-scored feature space
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["expert_type"] == "kan" and saved["kan_basis"] == basis
@@ -75,7 +75,7 @@ def test_save_pretrained_round_trip_keeps_grid_and_splines(basis, tmp_path):
         torch.testing.assert_close(state[k], reloaded[k], rtol=0, atol=0)
     x = torch.randn(6, 59)
     torch.testing.assert_close(model(x).logits, loaded(x).logits, rtol=0, atol=0)
-    assert loaded.config.prototypes == {"surf": [0.5] * 4}
+    assert loaded.config.prototypes == {"surf": [0.5] * 59}
 
 
 def test_checkpoint_round_trip_through_load_moe_model(tmp_path):

@@ -138,14 +138,14 @@ def test_raw_features_need_real_stats():
 
 def test_save_pretrained_round_trip(tmp_path):
     model = tiny(feature_mean=np.zeros(59), feature_std=np.ones(59))
-    model.config.prototypes = {"jazz": [0.0] * 4}
+    model.config.prototypes = {"jazz": [0.0] * 59}  # z-scored feature space
     model.save_pretrained(tmp_path)
     loaded = MusicGenreMoE.from_pretrained(tmp_path)
     x = torch.randn(5, 59)
     model.eval(), loaded.eval()
     torch.testing.assert_close(model(x).logits, loaded(x).logits, rtol=0, atol=0)
     assert loaded.config.feature_std == [1.0] * 59
-    assert loaded.config.prototypes == {"jazz": [0.0] * 4}
+    assert loaded.config.prototypes == {"jazz": [0.0] * 59}
 
 
 def test_few_shot_genre_from_feature_vectors():
