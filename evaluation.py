@@ -120,17 +120,28 @@ def expected_calibration_error(labels, probs, bins=15):
 
 
 def fit_temperature(labels, logits):
-    """Temperature T > 0 minimising validation NLL of softmax(logits / T)."""
+    """Temperature T > 0 minimising validation NLL of softmax(logits / T).
+
+    When every validation row is classified correctly the NLL falls without limit as T -> 0 (there
+    is no minimum to fit), so T = 1 (no scaling) is returned rather than the search bound, which
+    would make the test probabilities absurdly sharp.
+    """
+    if np.all(np.asarray(logits).argmax(1) == np.asarray(labels)):
+        return 1.0
     res = minimize_scalar(lambda log_t: nll(labels, softmax(logits, math.exp(log_t))),
                           bounds=(-3, 3), method="bounded")
     return float(math.exp(res.x))
 
 
 def calibration(val_labels, val_logits, test_labels, test_logits):
-    """Test NLL and ECE before and after temperature scaling fitted on the validation split."""
+    """Test NLL and ECE before and after temperature scaling fitted on the validation split.
+
+    `temperature_fitted` is False when the validation split had no error to fit T on (T = 1).
+    """
     t = fit_temperature(val_labels, val_logits)
     raw, scaled = softmax(test_logits), softmax(test_logits, t)
-    return {"temperature": t,
+    fitted = not bool(np.all(np.asarray(val_logits).argmax(1) == np.asarray(val_labels)))
+    return {"temperature": t, "temperature_fitted": fitted,
             "nll": nll(test_labels, raw), "ece": expected_calibration_error(test_labels, raw),
             "nll_scaled": nll(test_labels, scaled), "ece_scaled": expected_calibration_error(test_labels, scaled)}
 

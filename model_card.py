@@ -163,6 +163,9 @@ def calibration_lines(metrics):
     c = metrics.get("calibration")
     if not c:
         return []
+    if not c.get("temperature_fitted", True):
+        return [f"- Calibration on the test split: NLL {c['nll']:.3f}, ECE {c['ece']:.3f}. No temperature was "
+                f"fitted: the validation split had no misclassified clip, so its NLL has no minimum."]
     return [f"- Calibration on the test split: NLL {c['nll']:.3f}, ECE {c['ece']:.3f}; after temperature "
             f"scaling (T = {c['temperature']:.2f}, fitted on validation): NLL {c['nll_scaled']:.3f}, "
             f"ECE {c['ece_scaled']:.3f}. The published model outputs the unscaled probabilities."]

@@ -39,7 +39,8 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".au", ".aiff", ".aif")
 # Model/loss settings exposed as flags; their defaults come from MusicGenreMoEConfig.
 MODEL_FLAGS = ("routing_weight", "load_balance_weight", "entropy_weight", "label_smoothing",
                "gate_noise_std", "num_experts_per_tok", "expert_type", "clip_seconds", "encoder_dropout",
-               "classifier_dropout")
+               "classifier_dropout", "hidden_size", "expert_hidden_size", "expert_output_size",
+               "classifier_hidden_size", "gate_hidden_sizes")
 
 
 @dataclass
@@ -103,6 +104,8 @@ def parse_settings(argv=None):
 
 
 def _arg_type(t):
+    if t in (list, tuple):  # e.g. --gate-hidden-sizes 32,16
+        return lambda text: [int(v) for v in text.split(",")]
     if t in (int, "int", "int | None"):
         return int
     if t in (float, "float"):
