@@ -87,22 +87,8 @@ def train_embedder(x, y, config_kwargs, episodic, epochs, seed, genres):
                                  **config_kwargs)
     model = MusicGenreMoE(config)
     s = train.TrainSettings(seed=seed, episodic=episodic)
-    if episodic:
-        _train_episodic(model, x, y, epochs, s)
-    else:
-        train_fixed_epochs(model, x, y, epochs, s)
+    train_fixed_epochs(model, x, y, epochs, s)  # s.episodic adds the prototypical loss
     return model.eval()
-
-
-def _train_episodic(model, x, y, epochs, s):
-    """As `train_fixed_epochs`, with the prototypical loss (`train.run_epoch(proto_weight=...)`)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=s.eta_min)
-    gen = torch.Generator().manual_seed(s.seed)
-    for _ in range(epochs):
-        train.run_epoch(model, x, y, optimiser=opt, batch_size=s.batch_size, grad_clip=s.grad_clip, generator=gen,
-                        proto_weight=s.proto_weight)
-        sched.step()
 
 
 LAYERS = ("fused", "encoder", "encoder1", "raw+encoder")
