@@ -95,3 +95,18 @@ def test_unknown_flags_are_errors():
     s = train.parse_settings(["--routing-weight", "0.2", "--num-experts-per-tok", "2"])
     assert s.model["routing_weight"] == 0.2 and s.model["num_experts_per_tok"] == 2
     assert train.parse_settings([]).epochs == 120
+
+
+def test_seed_study_counts_errors_over_seeds(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_study.py"
+    spec = importlib.util.spec_from_file_location("seed_study", path)
+    seed_study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seed_study)
+    assert seed_study.seed_list("3-5") == [3, 4, 5] and seed_study.seed_list("0,2") == [0, 2]
+    seed_study.main(["--seeds", "0,1", "--train-args", "--quick --n-per-genre 20 --cache-dir none"])
+    out = capsys.readouterr().out
+    lines = [l for l in out.splitlines() if l.startswith("seed ")]
+    assert len(lines) == 2 and "2 seeds [--quick" in out and "test clips" in out
