@@ -119,6 +119,11 @@ def expected_calibration_error(labels, probs, bins=15):
     return float(ece)
 
 
+def has_errors(labels, logits):
+    """Whether any row's argmax differs from its label (else NLL has no minimum in T)."""
+    return bool(np.any(np.asarray(logits).argmax(1) != np.asarray(labels)))
+
+
 def fit_temperature(labels, logits):
     """Temperature T > 0 minimising validation NLL of softmax(logits / T).
 
@@ -126,7 +131,7 @@ def fit_temperature(labels, logits):
     is no minimum to fit), so T = 1 (no scaling) is returned rather than the search bound, which
     would make the test probabilities absurdly sharp.
     """
-    if np.all(np.asarray(logits).argmax(1) == np.asarray(labels)):
+    if not has_errors(labels, logits):
         return 1.0
     res = minimize_scalar(lambda log_t: nll(labels, softmax(logits, math.exp(log_t))),
                           bounds=(-3, 3), method="bounded")
@@ -140,8 +145,7 @@ def calibration(val_labels, val_logits, test_labels, test_logits):
     """
     t = fit_temperature(val_labels, val_logits)
     raw, scaled = softmax(test_logits), softmax(test_logits, t)
-    fitted = not bool(np.all(np.asarray(val_logits).argmax(1) == np.asarray(val_labels)))
-    return {"temperature": t, "temperature_fitted": fitted,
+    return {"temperature": t, "temperature_fitted": has_errors(val_labels, val_logits),
             "nll": nll(test_labels, raw), "ece": expected_calibration_error(test_labels, raw),
             "nll_scaled": nll(test_labels, scaled), "ece_scaled": expected_calibration_error(test_labels, scaled)}
 

@@ -242,6 +242,11 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
 
     # -- normalisation --------------------------------------------------------------------------
 
+    def _zscored(self, features, already_normalised, name="input_features"):
+        """Checked (batch, num_features) tensor on the model's device, z-scored unless already."""
+        x = as_feature_tensor(features, self.config.num_features, name).to(self.device)
+        return x if already_normalised else self.normalise(x)
+
     def normalise(self, features):
         """z-score raw features with the training split's stats kept in the config."""
         if not self.config.has_feature_stats:
@@ -268,9 +273,7 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         Returns:
             `MusicGenreMoEOutput`
         """
-        x = as_feature_tensor(input_features, self.config.num_features).to(self.device)
-        if not already_normalised:
-            x = self.normalise(x)
+        x = self._zscored(input_features, already_normalised)
         h = self.encoder(x)                                           # (B, H)
         expert_out = torch.stack([e(h) for e in self.experts], dim=1)  # (B, E, D)
         gate_weights, log_weights = self.gate(h)                       # (B, E)
@@ -326,9 +329,7 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         The z-scored features (D = num_features) or the fused expert embedding (D =
         expert_output_size). `add_genre`, `set_genre_prototypes` and the prototype scores all use it.
         """
-        x = as_feature_tensor(features, self.config.num_features).to(self.device)
-        z = x if already_normalised else self.normalise(x)
-        return self._fewshot_space(z, None)
+        return self._fewshot_space(self._zscored(features, already_normalised), None)
 
     def _fewshot_space(self, z, fused):
         """z-scored features (B, F) -> few-shot embeddings; `fused` is reused when already computed."""
@@ -346,8 +347,7 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         """
         single = _is_single_vector(features)
         self.eval()
-        x = as_feature_tensor(features, self.config.num_features).to(self.device)
-        z = x if already_normalised else self.normalise(x)
+        z = self._zscored(features, already_normalised)
         out = self(z)
         results = self._results(out.logits.softmax(-1), out.gate_weights, self._fewshot_space(z, out.embedding))
         return results[0] if single else results
@@ -396,7 +396,7 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         """
         feats, starts = self._window_features(audio, sampling_rate, return_starts=True)
         self.eval()
-        z = self.normalise(as_feature_tensor(feats, self.config.num_features).to(self.device))
+        z = self._zscored(feats, already_normalised=False)
         out = self(z)
         probs = out.logits.softmax(-1)
         emb = self._fewshot_space(z, out.embedding)

@@ -193,12 +193,7 @@ def refit_moe(data, tracks, s, epochs, init_state=None, seed=0):
     mean, std = train.feature_stats(data.features[rows])
     model = new_moe(s, data.genres, mean, std, init_state, seed)
     x, y = normalised(data.features[rows], mean, std), torch.from_numpy(data.labels[rows]).long()
-    return fit_fixed_epochs(model, x, y, s, epochs)
-
-
-def fit_fixed_epochs(model, x, y, s, epochs):
-    """train.fit's optimiser, schedule, clipping and weight averaging for exactly `epochs` epochs."""
-    train.fit(model, (x, y), None, s, log=lambda *_: None, epochs=epochs)
+    train.fit(model, (x, y), None, s, log=lambda *_: None, epochs=epochs)  # fixed epochs, no validation
     return model
 
 

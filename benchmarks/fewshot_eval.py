@@ -98,7 +98,7 @@ LAYERS = ("fused", "encoder", "encoder1", "raw+encoder")
 def embeddings(model, x):
     """Candidate embeddings of z-scored rows x (n, 59), eval mode.
 
-    fused: the gate-weighted expert output (n, expert_output_size), what `add_genre` uses;
+    fused: the gate-weighted expert output (n, expert_output_size), what `add_genre` uses with prototype_space "embedding";
     encoder: the shared encoder's output (n, hidden_size); encoder1: its first block
     (Linear -> LayerNorm -> GELU, before the second Linear), less specialised to the trained genres;
     raw+encoder: the L2-normalised z-scored features next to the L2-normalised encoder output.
