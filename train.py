@@ -30,7 +30,8 @@ import torch
 import evaluation
 import plots
 from configuration import MusicGenreMoEConfig
-from features import FEATURE_GROUPS, FEATURE_NAMES, SAMPLE_RATE, extract_many, load_audio
+from batch_features import extract_many
+from features import FEATURE_GROUPS, FEATURE_NAMES, SAMPLE_RATE, load_audio
 from fewshot import batch_prototypical_loss
 from modeling import MusicGenreMoE
 

@@ -48,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 import evaluation  # noqa: E402
 import train  # noqa: E402
 from configuration import MusicGenreMoEConfig  # noqa: E402
-from features import SAMPLE_RATE, extract_many  # noqa: E402
+from batch_features import extract_many  # noqa: E402
+from features import SAMPLE_RATE  # noqa: E402
 from modeling import MusicGenreMoE  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import batch_features  # noqa: E402
 import features  # noqa: E402
 import synth  # noqa: E402
 
@@ -83,13 +84,13 @@ def main(argv=None) -> int:
 
         cache = tmp / "cache"
         t0 = time.perf_counter()
-        cold = features.extract_many(paths, n_jobs=args.jobs, cache_dir=cache, progress=False)
+        cold = batch_features.extract_many(paths, n_jobs=args.jobs, cache_dir=cache, progress=False)
         t_cold = time.perf_counter() - t0
         t0 = time.perf_counter()
-        warm = features.extract_many(paths, n_jobs=args.jobs, cache_dir=cache, progress=False)
+        warm = batch_features.extract_many(paths, n_jobs=args.jobs, cache_dir=cache, progress=False)
         t_warm = time.perf_counter() - t0
         t0 = time.perf_counter()
-        nocache = features.extract_many(paths, n_jobs=args.jobs, cache_dir=False, progress=False)
+        nocache = batch_features.extract_many(paths, n_jobs=args.jobs, cache_dir=False, progress=False)
         t_nocache = time.perf_counter() - t0
 
     assert not cold.failures and len(cold.ok) == n, cold.failures

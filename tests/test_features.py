@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import batch_features as B
 import features as F
 import synth
 
@@ -296,7 +297,7 @@ def test_extract_many_skips_bad_sources(tmp_path, n_jobs):
     array = synth.generate_clip("pop", np.random.default_rng(9), duration=2.0)
     sources = [good[0], tmp_path / "audio" / "broken.wav", good[1], tmp_path / "nope.wav", array,
                np.zeros(SR, np.float32), str(good[2])]
-    res = F.extract_many(sources, n_jobs=n_jobs, cache_dir=False, progress=False)
+    res = B.extract_many(sources, n_jobs=n_jobs, cache_dir=False, progress=False)
     assert res.ok == [0, 2, 4, 6]
     assert [name for name, _ in res.failures] == [str(sources[1]), str(sources[3]), "array[5]"]
     assert "cannot decode" in res.failures[0][1] and "not found" in res.failures[1][1]
@@ -309,7 +310,7 @@ def test_extract_many_skips_bad_sources(tmp_path, n_jobs):
 
 def test_extract_many_windows(tmp_path):
     song = synth.generate_clip("rock", np.random.default_rng(2), duration=4.6)
-    res = F.extract_many([song], clip_seconds=2.0, n_jobs=1, cache_dir=False)
+    res = B.extract_many([song], clip_seconds=2.0, n_jobs=1, cache_dir=False)
     assert res.features[0].shape == (2, 59)  # 2 + 2 s; the 0.6-s tail (< half) is dropped
     np.testing.assert_allclose(res.features[0], F.extract_windows(song, SR, 2.0), rtol=1e-6)
 
@@ -317,32 +318,32 @@ def test_extract_many_windows(tmp_path):
 def test_cache_hits_and_invalidation(tmp_path):
     paths = _write_set(tmp_path / "audio")
     cache = tmp_path / "cache"
-    first = F.extract_many(paths, n_jobs=2, cache_dir=cache, progress=False)
+    first = B.extract_many(paths, n_jobs=2, cache_dir=cache, progress=False)
     assert first.cache_hits == 0 and len(first.ok) == 3 and list(cache.rglob("*.npy"))
-    second = F.extract_many(paths, n_jobs=2, cache_dir=cache, progress=False)
+    second = B.extract_many(paths, n_jobs=2, cache_dir=cache, progress=False)
     assert second.cache_hits == 3
     for a, b in zip(first.features, second.features):
         np.testing.assert_array_equal(a, b)
     # other settings -> other keys
-    assert F.extract_many(paths, clip_seconds=1.0, n_jobs=1, cache_dir=cache).cache_hits == 0
-    assert F.extract_many(paths, hop_length=256, n_jobs=1, cache_dir=cache).cache_hits == 0
+    assert B.extract_many(paths, clip_seconds=1.0, n_jobs=1, cache_dir=cache).cache_hits == 0
+    assert B.extract_many(paths, hop_length=256, n_jobs=1, cache_dir=cache).cache_hits == 0
     # changed content -> miss for that file only
     sf.write(paths[0], tone(330, 2.0), SR)
-    third = F.extract_many(paths, n_jobs=1, cache_dir=cache)
+    third = B.extract_many(paths, n_jobs=1, cache_dir=cache)
     assert third.cache_hits == 2
     np.testing.assert_allclose(third.features[0][0], F.extract_features(F.load_audio(paths[0])), rtol=1e-6)
     # arrays are keyed by their bytes; cache_dir=False writes nothing
     arr = tone(550)
-    F.extract_many([arr], n_jobs=1, cache_dir=cache)
-    assert F.extract_many([arr.copy()], n_jobs=1, cache_dir=cache).cache_hits == 1
+    B.extract_many([arr], n_jobs=1, cache_dir=cache)
+    assert B.extract_many([arr.copy()], n_jobs=1, cache_dir=cache).cache_hits == 1
     before = len(list(cache.rglob("*.npy")))
-    F.extract_many([tone(560)], n_jobs=1, cache_dir=False)
+    B.extract_many([tone(560)], n_jobs=1, cache_dir=False)
     assert len(list(cache.rglob("*.npy"))) == before
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("MUSIC_GENRE_MOE_CACHE", str(tmp_path / "c"))
-    assert F.default_cache_dir() == tmp_path / "c"
+    assert B.default_cache_dir() == tmp_path / "c"
     monkeypatch.delenv("MUSIC_GENRE_MOE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert F.default_cache_dir() == tmp_path / "music-genre-moe" / "features"
+    assert B.default_cache_dir() == tmp_path / "music-genre-moe" / "features"
