@@ -62,8 +62,9 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "SAMPLE_RATE", "N_FFT", "HOP_LENGTH", "N_MFCC", "FEATURE_NAMES", "N_FEATURES", "FEATURE_GROUPS",
-    "FEATURE_VERSION", "MIN_SECONDS", "SILENCE_DBFS", "HR_TIME_POOL", "AudioError",
-    "load_audio", "resample_audio", "extract_features", "reference_features", "split_windows", "extract_windows",
+    "FEATURE_VERSION", "MIN_SECONDS", "MIN_RECORDING_SECONDS", "SILENCE_DBFS", "HR_TIME_POOL", "AudioError",
+    "CLIP_SECONDS", "MAX_CHANNELS", "as_mono_waveform", "load_audio", "resample_audio", "extract_features",
+    "reference_features", "split_windows", "extract_windows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ N_MFCC = 20
 FEATURE_VERSION = "1"
 #: Shortest audio accepted (seconds).
 MIN_SECONDS = 0.5
+#: Shortest recording cut into windows (seconds); shorter ones are not repeated to a window.
+MIN_RECORDING_SECONDS = 1.0
 #: Audio whose peak is below this level (dB full scale) is "silent" and rejected.
 SILENCE_DBFS = -90.0
 #: Frames pooled along time before the harmonic-ratio median filters (see module docstring).
@@ -92,17 +95,28 @@ FEATURE_NAMES: Tuple[str, ...] = (
 )
 N_FEATURES = len(FEATURE_NAMES)
 assert N_FEATURES == 59
-#: Group name -> indices into the feature vector.
-FEATURE_GROUPS: Dict[str, List[int]] = {
-    "mfcc_mean": list(range(0, 20)),
-    "mfcc_std": list(range(20, 40)),
-    "chroma": list(range(40, 52)),
-    "spectral": [52, 53, 54],
-    "zcr": [55],
-    "rms": [56],
-    "tempo": [57],
-    "harmonic_ratio": [58],
-}
+
+
+def _feature_group(name: str) -> str:
+    """'mfcc_mean_3' -> 'mfcc_mean', 'chroma_mean_C#' -> 'chroma', 'spectral_rolloff' -> 'spectral'."""
+    if name.startswith(("mfcc_mean_", "mfcc_std_")):
+        return name.rsplit("_", 1)[0]
+    if name.startswith(("chroma_", "spectral_")):
+        return name.split("_", 1)[0]
+    return {"zero_crossing_rate": "zcr"}.get(name, name)
+
+
+#: Group name -> indices into the feature vector, derived from FEATURE_NAMES (one source).
+FEATURE_GROUPS: Dict[str, List[int]] = {}
+for _index, _name in enumerate(FEATURE_NAMES):
+    FEATURE_GROUPS.setdefault(_feature_group(_name), []).append(_index)
+del _index, _name
+#: Default analysis window (seconds): songs are cut into windows of this length, hop = length.
+#: 5 s holds two to four bars at common tempi (stable tempo and chroma) and gives six windows per
+#: 30-s GTZAN clip. The model's `config.clip_seconds` is what a trained model uses.
+CLIP_SECONDS = 5.0
+#: Largest number of channels a 2-D waveform may have (see :func:`as_mono_waveform`).
+MAX_CHANNELS = 8
 
 PathLike = Union[str, os.PathLike]
 
@@ -231,6 +245,61 @@ def resample_audio(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Features
 # --------------------------------------------------------------------------------------------
+
+
+def as_mono_waveform(audio, source: str = "array") -> np.ndarray:
+    """A waveform from a caller, as mono float32: the one rule every audio entry point applies.
+
+    - float arrays (any precision) are taken as they are (samples in [-1, 1]);
+    - integer PCM is scaled by its dtype's range: int16 / 32768, int32 / 2**31, uint8 (x - 128) / 128;
+    - bool, complex, object and string arrays are rejected;
+    - 2-D arrays are multichannel and averaged to mono. The channel axis is the one of length
+      <= :data:`MAX_CHANNELS` (8) while the other is longer, so (2, n) and (n, 2) both work; a
+      shape where both or neither axis could be the channels (e.g. (4, 6) or (1000, 1000)) is
+      ambiguous and rejected.
+
+    Parameters
+    ----------
+    audio : np.ndarray, torch.Tensor or sequence of numbers
+    source : str
+        How errors name the input.
+
+    Returns
+    -------
+    np.ndarray, shape (n_samples,), float32
+
+    Raises
+    ------
+    AudioError
+        Unsupported dtype, more than 2 dimensions, an ambiguous 2-D shape or no samples; the
+        message shows the shape and dtype received.
+    """
+    if hasattr(audio, "detach"):  # a torch tensor, without importing torch here
+        audio = audio.detach().cpu().numpy()
+    y = np.asarray(audio)
+    got = f"got shape {y.shape}, dtype {y.dtype}"
+    if y.dtype.kind == "f":
+        y = y.astype(np.float32, copy=False)
+    elif y.dtype.kind in "iu":
+        info = np.iinfo(y.dtype)
+        # the dtype's full range maps to [-1, 1): int16 32767 -> 0.99997, uint8 128 -> 0
+        offset = (int(info.max) + 1) // 2 if y.dtype.kind == "u" else 0
+        scale = float(int(info.max) + 1 - offset)
+        y = ((y.astype(np.float64) - offset) / scale).astype(np.float32)
+    else:
+        raise AudioError(f"{source}: expected float samples in [-1, 1] or integer PCM, {got}")
+    if y.ndim == 2:
+        short = [axis for axis in (0, 1) if y.shape[axis] <= MAX_CHANNELS]
+        if len(short) != 1:
+            raise AudioError(f"{source}: expected mono (n,) or multichannel (channels, n) / (n, channels) audio "
+                             f"with at most {MAX_CHANNELS} channels, {got} (ambiguous: transpose or mix it "
+                             "down first)")
+        y = y.mean(axis=short[0], dtype=np.float32)
+    if y.ndim != 1:
+        raise AudioError(f"{source}: expected a 1-D (mono) or 2-D (multichannel) waveform, {got}")
+    if y.size == 0:
+        raise AudioError(f"{source}: expected a non-empty waveform, {got}")
+    return np.ascontiguousarray(y)
 
 
 @lru_cache(maxsize=8)
@@ -507,12 +576,14 @@ def reference_features(y: np.ndarray, sr: int = SAMPLE_RATE, *, n_fft: int = N_F
 # --------------------------------------------------------------------------------------------
 
 
-def split_windows(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = 5.0) -> List[np.ndarray]:
+def split_windows(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = CLIP_SECONDS) -> List[np.ndarray]:
     """Cut a song into consecutive, non-overlapping clip-length windows (views, no copies).
 
     Tail rule: audio left after the last full window becomes one more window *aligned to the
     end of the song* (overlapping its neighbour) when it is at least half a window long, and is
-    dropped otherwise. A song no longer than one window is returned whole, as a single window.
+    dropped otherwise. A song shorter than one window is repeated to fill exactly one window
+    (tempo, chroma and the front end then see a full window; under :data:`MIN_RECORDING_SECONDS` is an
+    error).
 
     Parameters
     ----------
@@ -524,15 +595,20 @@ def split_windows(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = 5.
     Returns
     -------
     list of np.ndarray
-        Each of shape (round(clip_seconds * sr),), except a single short song returned whole.
+        Each of shape (round(clip_seconds * sr),).
     """
     y = np.asarray(y)
     if y.ndim != 1:
         raise AudioError(f"array: expected mono audio of shape (n_samples,), got shape {y.shape}")
     if not clip_seconds > 0:
         raise ValueError(f"clip_seconds must be > 0, got {clip_seconds!r}")
+    if y.size < int(np.ceil(MIN_RECORDING_SECONDS * sr)):  # checked before repetition can hide it
+        raise AudioError(f"array: recording too short: {y.size} samples ({y.size / sr:.3f} s) at {sr} Hz, "
+                         f"need at least {MIN_RECORDING_SECONDS} s")
     win = int(round(clip_seconds * sr))
-    if len(y) <= win:
+    if len(y) < win:  # repeat a short recording to fill one window, as musicnn's training did
+        return [np.resize(y, win)]
+    if len(y) == win:
         return [y]
     n_full = len(y) // win
     windows = [y[i * win:(i + 1) * win] for i in range(n_full)]
@@ -541,7 +617,7 @@ def split_windows(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = 5.
     return windows
 
 
-def extract_windows(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = 5.0, *,
+def extract_windows(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = CLIP_SECONDS, *,
                     n_fft: int = N_FFT, hop_length: int = HOP_LENGTH,
                     return_starts: bool = False):
     """Features of every clip-length window of a song (see :func:`split_windows`).
