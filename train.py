@@ -17,10 +17,13 @@ so windows of one track never sit on both sides of a split.
 
 import argparse
 import dataclasses
+import inspect
 import json
+import os
 import shutil
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +32,9 @@ import torch
 
 import evaluation
 import plots
+import upload_to_hub
+from atomic_files import (clean_stale_partials, move_into_place, partial_folder, replacing, write_json,
+                          write_text)
 from configuration import MusicGenreMoEConfig
 from batch_features import extract_many
 from features import FEATURE_GROUPS, FEATURE_NAMES, SAMPLE_RATE, load_audio
@@ -36,64 +42,116 @@ from fewshot import batch_prototypical_loss
 from modeling import MusicGenreMoE
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".au", ".aiff", ".aif")
+LAYOUT = "DIR/<genre>/<audio files>, one sub-folder of recordings per genre (GTZAN's layout)"
+RUN_KIND = "run"  # run folders are built in .run-partial-<name>-<pid>-<random> beside --out
 
-# Model/loss settings exposed as flags; their defaults come from MusicGenreMoEConfig.
-MODEL_FLAGS = ("routing_weight", "load_balance_weight", "entropy_weight", "label_smoothing",
-               "gate_noise_std", "num_experts_per_tok", "expert_type", "clip_seconds", "encoder_dropout",
-               "classifier_dropout", "hidden_size", "expert_hidden_size", "expert_output_size",
-               "classifier_hidden_size", "gate_hidden_sizes")
+
+class SettingsError(ValueError):
+    """A flag, or the data it names, cannot make a run: reported as one line before any work."""
+
+
+def _opt(default, help, unit=None, lo=None, hi=None, lo_open=False, hi_open=False, choices=None):
+    """A TrainSettings field with what its flag needs: a sentence, its unit, its range or choices."""
+    meta = dict(help=help, unit=unit, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, choices=choices)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainSettings:
-    out: str = "runs/latest"          # run folder
-    data_dir: str | None = None       # folder with one sub-folder of recordings per genre; None = synthetic
-    genres: str | None = None         # comma-separated subset of the genres (default: all)
-    n_per_genre: int = 180            # synthetic clips per genre
-    split: str = "120,30,30"          # train,val,test proportions (synthetic: clips per genre)
-    seed: int = 0
-    epochs: int = 120
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    t_max: int = 120                  # cosine annealing period (epochs)
-    eta_min: float = 1e-5
-    grad_clip: float = 1.0            # max gradient norm
-    ema_decay: float = 0.995          # weights evaluated and saved: exponential moving average per step; 0 = off
-    patience: int = 20                # early stopping on validation loss
-    n_jobs: int | None = None         # feature workers (default: all cores)
-    cache_dir: str | None = None      # feature cache (default: features.py's); "none" disables
-    plots: bool = True
-    quick: bool = False               # small data and few epochs, for smoke tests
-    episodic: bool = False            # add the Prototypical-Networks loss (fewshot.py), each minibatch an episode
-    proto_weight: float = 1.0         # weight of that loss when --episodic
+    out: str = _opt("runs/latest", "Run folder to write; it is built in a hidden sibling folder and moved into "
+                    "place only when complete.", unit="path")
+    overwrite: bool = _opt(False, "Replace an existing non-empty --out (without it such a folder is refused).")
+    data_dir: str | None = _opt(None, "Folder of your own recordings laid out as " + LAYOUT + "; without it the "
+                                "model trains on synthetic audio.", unit="path")
+    genres: str | None = _opt(None, "Comma-separated subset of the genres to train on, at least two "
+                              "(default: every genre).", unit="names")
+    n_per_genre: int = _opt(180, "Synthetic clips generated per genre (ignored with --data-dir).", unit="clips",
+                            lo=1, hi=100_000)
+    split: str = _opt("120,30,30", "Train,validation,test proportions, three numbers > 0; recordings are split "
+                      "by recording, stratified by genre (synthetic: clips per genre).", unit="proportions")
+    seed: int = _opt(0, "Seed of the data generation, the split, the initialisation and the batch order.",
+                     unit="integer", lo=0, hi=2**32 - 1)
+    epochs: int = _opt(120, "Maximum number of passes over the training split.", unit="epochs", lo=1, hi=100_000)
+    batch_size: int = _opt(64, "Training rows per optimiser step.", unit="rows", lo=1, hi=1_000_000)
+    lr: float = _opt(3e-3, "AdamW learning rate at the start of the cosine schedule.", unit="per step",
+                     lo=0, hi=10, lo_open=True)
+    weight_decay: float = _opt(1e-4, "AdamW decoupled weight decay.", unit="per step", lo=0, hi=10)
+    t_max: int = _opt(120, "Period of the cosine learning-rate annealing.", unit="epochs", lo=1, hi=100_000)
+    eta_min: float = _opt(1e-5, "Learning rate at the bottom of the cosine schedule.", unit="per step", lo=0, hi=10)
+    grad_clip: float = _opt(1.0, "Maximum gradient norm; larger gradients are scaled down to it.", unit="L2 norm",
+                            lo=0, lo_open=True, hi=1e6)
+    ema_decay: float = _opt(0.995, "Decay of the exponential moving average of the weights that is validated and "
+                            "saved; 0 turns the average off.", unit="per step", lo=0, hi=1, hi_open=True)
+    patience: int = _opt(20, "Early stopping: epochs without a lower validation loss before training stops.",
+                         unit="epochs", lo=1, hi=100_000)
+    n_jobs: int | None = _opt(None, "Worker processes for feature extraction (default: every core).",
+                              unit="processes", lo=1, hi=1024)
+    cache_dir: str | None = _opt(None, "Feature cache folder (default: batch_features' own); 'none' disables "
+                                 "the cache.", unit="path")
+    plots: bool = _opt(True, "Write the eight figures into the run folder.")
+    quick: bool = _opt(False, "Small data and few epochs for smoke tests (40 clips per genre, 40 epochs); "
+                       "flags you set yourself win.")
+    episodic: bool = _opt(False, "Add the Prototypical-Networks loss (fewshot.py), each minibatch an episode.")
+    proto_weight: float = _opt(1.0, "Weight of the prototypical loss when --episodic.", unit="loss weight",
+                               lo=0, hi=1e6)
     model: dict = field(default_factory=dict)  # MusicGenreMoEConfig overrides (from the MODEL_FLAGS)
 
 
 QUICK = {"n_per_genre": 40, "epochs": 40, "patience": 20, "t_max": 40, "ema_decay": 0.98}  # fewer steps: a shorter average
 
+# Model/loss settings exposed as flags; their defaults come from MusicGenreMoEConfig, their help here.
+MODEL_FLAGS = {
+    "routing_weight": dict(help="Weight of the routing loss (cross-entropy between gate and genre) that makes "
+                                "expert i genre i's expert.", unit="loss weight", lo=0, hi=1e6),
+    "load_balance_weight": dict(help="Weight of the Switch load-balance loss.", unit="loss weight", lo=0, hi=1e6),
+    "entropy_weight": dict(help="Weight of the gate-entropy term (minus the entropy: it spreads the gate).",
+                           unit="loss weight", lo=0, hi=1e6),
+    "label_smoothing": dict(help="Label smoothing of the classification cross-entropy.", unit="probability",
+                            lo=0, hi=1, hi_open=True),
+    "gate_noise_std": dict(help="Standard deviation of the noise added to the gate logits while training.",
+                           unit="logit", lo=0, hi=1e3),
+    "num_experts_per_tok": dict(help="Experts kept per clip (sparse top-k gating), at most the number of "
+                                     "genres; default: every expert (dense).", unit="experts", lo=1, hi=1024),
+    "expert_type": dict(help="Expert layers: 'mlp' (residual MLP blocks) or 'kan' (Kolmogorov-Arnold, kan.py; "
+                             "several times slower).", choices=("mlp", "kan")),
+    "clip_seconds": dict(help="Window length: recordings are cut into windows of this length, one feature row "
+                              "each.", unit="seconds", lo=0.5, hi=600),
+    "encoder_dropout": dict(help="Dropout after the shared encoder.", unit="probability", lo=0, hi=1, hi_open=True),
+    "classifier_dropout": dict(help="Dropout in the classifier head.", unit="probability", lo=0, hi=1,
+                               hi_open=True),
+    "hidden_size": dict(help="Width of the shared encoder's output.", unit="units", lo=1, hi=65_536),
+    "expert_hidden_size": dict(help="Width of each expert's residual blocks.", unit="units", lo=1, hi=65_536),
+    "expert_output_size": dict(help="Width of each expert's output (the fused embedding).", unit="units",
+                               lo=1, hi=65_536),
+    "classifier_hidden_size": dict(help="Width of the classifier head's hidden layer.", unit="units",
+                                   lo=1, hi=65_536),
+    "gate_hidden_sizes": dict(help="Widths of the gate's two hidden layers, e.g. 64,32.", unit="units",
+                              lo=1, hi=65_536),
+}
+
 
 # -- settings ---------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line naming the flag and the problem; the full usage is what --help is for.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_settings(argv=None):
-    """CLI flags -> TrainSettings. Unknown flags are errors."""
+    """CLI flags -> TrainSettings. Unknown flags and out-of-range values are errors (SystemExit 2)."""
     defaults = TrainSettings()
     config_defaults = MusicGenreMoEConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(TrainSettings):
         if f.name == "model":
             continue
-        flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            p.add_argument(flag, type=_arg_type(f.type), default=default, help=f"default: {default}")
-    for name in MODEL_FLAGS:
+        _add_flag(p, f.name, f.type, default, f.metadata)
+    for name, meta in MODEL_FLAGS.items():
         default = getattr(config_defaults, name)
-        p.add_argument("--" + name.replace("_", "-"), type=_arg_type(type(default) if default is not None else int),
-                       default=default, help=f"model config; default: {default}")
+        _add_flag(p, name, type(default) if default is not None else int, default, meta, model=True)
     ns = vars(p.parse_args(argv))
     model = {k: ns.pop(k) for k in MODEL_FLAGS}
     s = TrainSettings(**ns, model=model)
@@ -104,14 +162,116 @@ def parse_settings(argv=None):
     return s
 
 
-def _arg_type(t):
+def _add_flag(p, name, t, default, meta, model=False):
+    flag = "--" + name.replace("_", "-")
+    text = meta["help"]
+    if meta.get("choices"):
+        text += f" Choices: {', '.join(meta['choices'])}."
+    if meta.get("unit"):
+        text += f" Unit: {meta['unit']}."
+    text += f" Default: {default}." + (" (model config)" if model else "")
+    text = text.replace("%", "%%")
+    if isinstance(default, bool):
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+    elif meta.get("choices"):
+        p.add_argument(flag, choices=meta["choices"], default=default, help=text)
+    else:
+        unit = meta.get("unit") or ""
+        metavar = unit.upper() if unit.isalpha() else ("N" if t is int or default.__class__ is int else "X")
+        p.add_argument(flag, type=_arg_type(t, name, meta), default=default, help=text, metavar=metavar)
+
+
+def _arg_type(t, name, meta):
+    if isinstance(t, types.UnionType):  # `int | None`: the flag takes the non-None type
+        t = next(a for a in t.__args__ if a is not type(None))
+    if name == "split":
+        return _parse_split
     if t in (list, tuple):  # e.g. --gate-hidden-sizes 32,16
-        return lambda text: [int(v) for v in text.split(",")]
+        return _checked(lambda text: [int(v) for v in text.split(",")], "comma-separated integers", meta)
     if t in (int, "int", "int | None"):
-        return int
+        return _checked(int, "an integer", meta)
     if t in (float, "float"):
-        return float
-    return str
+        return _checked(float, "a number", meta)
+    return _text
+
+
+def _text(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty value")
+    return text
+
+
+def _checked(convert, what, meta):
+    """An argparse type: `convert`, then the field's range (every element of a list)."""
+    lo, hi = meta.get("lo"), meta.get("hi")
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        for v in value if isinstance(value, list) else [value]:
+            if v != v or v in (float("inf"), float("-inf")):
+                raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+            too_low = lo is not None and (v <= lo if meta.get("lo_open") else v < lo)
+            too_high = hi is not None and (v >= hi if meta.get("hi_open") else v > hi)
+            if too_low or too_high:
+                left = "(" if meta.get("lo_open") else "["
+                right = ")" if meta.get("hi_open") else "]"
+                raise argparse.ArgumentTypeError(f"expected a value in {left}{lo}, {hi}{right}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _parse_split(text):
+    try:
+        parts = [float(v) for v in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or not all(0 < v < float("inf") for v in parts):
+        # A zero validation share leaves nothing to stop early on; a zero test share, nothing to report.
+        raise argparse.ArgumentTypeError(f"expected three numbers > 0 (train,val,test), got {text!r}")
+    return text
+
+
+def check_out(out, overwrite):
+    """Refuse an --out that names a file, or a non-empty folder without --overwrite, before any work."""
+    out = Path(out)
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            what = "is a file" if parent == out else f"is under {parent}, which is a file"
+            raise SettingsError(f"--out {out} {what}; expected a folder path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise SettingsError(f"--out {out} already holds files (a previous run?); pass --overwrite to replace it "
+                            f"or choose another --out")
+
+
+def min_tracks_per_genre(split):
+    """Recordings (synthetic: clips) a genre needs so that every part of the split gets one."""
+    return sum(1 for v in split.split(",") if float(v) > 0)
+
+
+def check_genres(genres, counts, s, what):
+    """At least two genres, and enough recordings in each for the split (checked before extraction)."""
+    if len(genres) < 2:
+        raise SettingsError(f"{what}: found {len(genres)} genre ({', '.join(genres) or 'none'}); a classifier "
+                            f"needs at least 2 genres")
+    need = min_tracks_per_genre(s.split)
+    short = {g: n for g, n in zip(genres, counts) if n < need}
+    if short:
+        listed = ", ".join(f"{g} has {n}" for g, n in short.items())
+        raise SettingsError(f"{what}: {listed}; the train/val/test split --split {s.split} needs at least {need} "
+                            f"recordings per genre (one in each part)")
+
+
+def check_model(s, genres):
+    """Build the model config from the flags and the genres: its own checks (e.g. top-k <= genres) run now."""
+    try:
+        return MusicGenreMoEConfig(id2label=dict(enumerate(genres)), label2id={g: i for i, g in enumerate(genres)},
+                                   **s.model)
+    except (ValueError, TypeError) as e:
+        raise SettingsError(f"model flags: {e}") from e
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -132,13 +292,33 @@ class Dataset:
 
 
 def load_dataset(s):
-    return load_synthetic(s) if s.data_dir is None else load_folder(s)
+    """Check the data the flags name (before any extraction), then extract its features."""
+    genres, paths, labels = list_data(s)
+    if s.data_dir is None:
+        return load_synthetic(s, genres)
+    return load_folder(s, (paths, labels, genres))
 
 
-def load_synthetic(s):
+def list_data(s):
+    """(genres, paths, labels) of the run's data, refused up front when it cannot make a run.
+
+    Synthetic data has no paths (None); its counts come from --n-per-genre.
+    """
+    if s.data_dir is None:
+        from synth import GENRE_GENERATORS
+
+        genres = _pick_genres(list(GENRE_GENERATORS), s.genres)
+        check_genres(genres, [s.n_per_genre] * len(genres), s, "--n-per-genre")
+        return genres, None, None
+    paths, labels, genres = list_recordings(s.data_dir, s.genres)
+    check_genres(genres, np.bincount(labels, minlength=len(genres)).tolist(), s, f"--data-dir {s.data_dir}")
+    return genres, paths, labels
+
+
+def load_synthetic(s, genres=None):
     from synth import GENRE_GENERATORS, generate_dataset
 
-    genres = _pick_genres(list(GENRE_GENERATORS), s.genres)
+    genres = genres or _pick_genres(list(GENRE_GENERATORS), s.genres)
     clips, labels = generate_dataset(s.n_per_genre, seed=s.seed, genres=genres, sr=SAMPLE_RATE)
     result = extract_many(clips, sr=SAMPLE_RATE, n_jobs=s.n_jobs, cache_dir=_cache(s))
     if result.failures:
@@ -150,33 +330,45 @@ def load_synthetic(s):
     return Dataset(feats, labels, np.arange(len(labels)), names, genres, "synthetic", [], examples)
 
 
+def _audio_files(folder):
+    # Regular files only, and no hidden ones (macOS "._x.wav" resource forks are not audio).
+    return sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS
+                  and f.is_file() and not f.name.startswith("."))
+
+
 def list_recordings(data_dir, genres=None):
     """(paths, genre indices, genres) for a folder holding one sub-folder of recordings per genre."""
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"--data-dir {root}: expected a folder with one sub-folder per genre")
+        what = "does not exist" if not root.exists() else "is not a folder"
+        raise FileNotFoundError(f"--data-dir {root} {what}; expected layout {LAYOUT}")
     available = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not available:
+        loose = [f for f in root.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS]
+        found = f"holds {len(loose)} audio files but no genre sub-folders" if loose else "has no genre sub-folders"
+        raise SettingsError(f"--data-dir {root} {found}; expected layout {LAYOUT}")
     genres = _pick_genres(available, genres)
     paths, labels = [], []
     for i, g in enumerate(genres):
-        # Regular files only, and no hidden ones (macOS "._x.wav" resource forks are not audio).
-        files = sorted(f for f in (root / g).rglob("*") if f.suffix.lower() in AUDIO_EXTENSIONS
-                       and f.is_file() and not f.name.startswith("."))
+        files = _audio_files(root / g)
         if not files:
-            raise FileNotFoundError(f"{root / g}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+            raise SettingsError(f"--data-dir {root}: sub-folder {g}/ holds no audio files "
+                                f"({', '.join(AUDIO_EXTENSIONS)}); expected layout {LAYOUT}")
         paths += files
         labels += [i] * len(files)
     return paths, np.asarray(labels), genres
 
 
-def load_folder(s):
-    paths, labels, genres = list_recordings(s.data_dir, s.genres)
+def load_folder(s, listed=None):
+    paths, labels, genres = listed or list_recordings(s.data_dir, s.genres)
     clip_seconds = s.model["clip_seconds"]
     result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=clip_seconds, n_jobs=s.n_jobs, cache_dir=_cache(s))
-    unreadable = [g for i, g in enumerate(genres) if not any(labels[k] == i for k in result.ok)]
-    if unreadable:
-        raise ValueError(f"--data-dir {s.data_dir}: no readable recording for genre(s) {unreadable}; "
-                         f"skipped: {result.failures[:5]}")
+    # Unreadable files drop out: the split must still find enough readable recordings per genre.
+    readable = np.bincount(labels[np.asarray(result.ok, dtype=int)], minlength=len(genres)).tolist()
+    try:
+        check_genres(genres, readable, s, f"--data-dir {s.data_dir} (readable recordings)")
+    except SettingsError as e:
+        raise SettingsError(f"{e}; skipped: {result.failures[:3]}") from None
     feats, rows_label, rows_track, names = [], [], [], []
     for t, (idx, f) in enumerate(zip(result.ok, result.features)):
         feats.append(f)
@@ -198,7 +390,9 @@ def _pick_genres(available, wanted):
     wanted = [g.strip() for g in wanted.split(",") if g.strip()]
     missing = [g for g in wanted if g not in available]
     if missing:
-        raise ValueError(f"--genres: {missing} not found; available: {available}")
+        raise SettingsError(f"--genres: {missing} not found; available: {available}")
+    if len(set(wanted)) != len(wanted):
+        raise SettingsError(f"--genres: {wanted} names a genre twice")
     return wanted
 
 
@@ -234,6 +428,44 @@ def feature_stats(x):
     """Per-feature mean and std of the training rows; a constant feature gets std 1 (no blow-up)."""
     mean, std = x.mean(0), x.std(0)
     return mean, np.where(std < 1e-8, 1.0, std)
+
+
+@dataclass
+class Splits:
+    """A dataset split by track, with the training split's stats and the rows as tensors."""
+
+    tracks: tuple      # (train, val, test) arrays of track indices
+    rows: list         # (train, val, test) arrays of row indices into data.features
+    mean: np.ndarray   # (num_features,) training rows' mean
+    std: np.ndarray    # (num_features,) training rows' std (constant features: 1)
+    tensors: list      # (train, val, test) pairs (raw features float32 tensor, labels long tensor)
+
+
+def prepare_splits(data, s):
+    """Split `data` by track as `s.split` and `s.seed` say; stats of the training rows; tensors.
+
+    The tensors hold raw features: the model z-scores them with the stats in its config.
+    """
+    track_labels = np.asarray([data.labels[data.tracks == t][0] for t in range(len(data.track_names))])
+    tracks = split_tracks(track_labels, [float(v) for v in s.split.split(",")], s.seed)
+    if any(len(part) == 0 for part in tracks):
+        raise SettingsError(f"--split {s.split}: expected at least one training, one validation and one test "
+                            f"track, got {'/'.join(str(len(p)) for p in tracks)}")
+    rows = [np.flatnonzero(np.isin(data.tracks, part)) for part in tracks]
+    mean, std = feature_stats(data.features[rows[0]])
+    tensors = [(torch.from_numpy(data.features[r]).float(), torch.from_numpy(data.labels[r]).long()) for r in rows]
+    return Splits(tracks, rows, mean.astype(np.float32), std.astype(np.float32), tensors)
+
+
+def build_model(genres, mean, std, s):
+    """A fresh MusicGenreMoE for `genres` from the settings' model flags, with the training stats."""
+    try:
+        config = MusicGenreMoEConfig(id2label=dict(enumerate(genres)), label2id={g: i for i, g in enumerate(genres)},
+                                     feature_mean=[float(v) for v in mean], feature_std=[float(v) for v in std],
+                                     **s.model)
+    except (ValueError, TypeError) as e:
+        raise SettingsError(f"model flags: {e}") from e
+    return MusicGenreMoE(config)
 
 
 # -- training ---------------------------------------------------------------------------------------
@@ -329,6 +561,19 @@ def fit(model, train, val, s, log=print, epochs=None):
 # -- evaluation -------------------------------------------------------------------------------------
 
 
+# Whether MusicGenreMoE.forward z-scores its input with config.feature_mean/std (issue 11's contract)
+# or still takes z-scored rows by default; train.py feeds whichever the model expects.
+_MODEL_ZSCORES = "already_normalised" not in inspect.signature(MusicGenreMoE.forward).parameters
+
+
+def model_inputs(sp):
+    """The split tensors as the model takes them: raw features (it z-scores them with its config)."""
+    if _MODEL_ZSCORES:
+        return sp.tensors
+    mean, std = torch.from_numpy(sp.mean), torch.from_numpy(sp.std)
+    return [((x - mean) / std, y) for x, y in sp.tensors]
+
+
 @torch.no_grad()
 def infer(model, x):
     """(logits, probs, gate weights, embeddings) as numpy arrays, in eval mode."""
@@ -338,17 +583,29 @@ def infer(model, x):
 
 
 def input_gradient_importance(model, x, y):
-    """(num_features,) mean |d logit(true genre) / d input| over the rows (features already z-scored)."""
+    """(num_features,) mean |d logit(true genre) / d z| over the rows, z the z-scored feature.
+
+    The model takes raw features; the gradient per raw feature is multiplied by that feature's
+    training std (d/dz = std * d/dx), so that features measured in Hz and in unit-less ratios are
+    compared per standard deviation rather than per unit.
+    """
     model.eval()
     x = x.clone().requires_grad_(True)
     logits = model(x).logits
     logits.gather(1, y[:, None]).sum().backward()
-    return x.grad.abs().mean(0).numpy()
+    grad = x.grad.abs()
+    if _MODEL_ZSCORES:
+        grad = grad * torch.as_tensor(model.config.feature_std, dtype=grad.dtype)
+    return grad.mean(0).numpy()
 
 
-def evaluate(model, data, splits, norm, genres):
-    """Every test figure of the run (window level, plus track level for recordings)."""
-    (x_val, y_val), (x_test, y_test) = norm[1], norm[2]
+def evaluate(model, data, splits, inputs, genres):
+    """Every test figure of the run (window level, plus track level for recordings).
+
+    `splits`: (train, val, test) track indices; `inputs`: the (features, labels) tensors of each
+    split as `model_inputs` gives them.
+    """
+    (x_val, y_val), (x_test, y_test) = inputs[1], inputs[2]
     val_logits, *_ = infer(model, x_val)
     logits, probs, gates, _ = infer(model, x_test)
     y = y_test.numpy()
@@ -356,6 +613,7 @@ def evaluate(model, data, splits, norm, genres):
     sa = evaluation.self_activation(y, gates, genres)
     metrics = {
         "test_accuracy": m["accuracy"], "test_accuracy_ci95": m["accuracy_ci95"], "macro_f1": m["macro_f1"],
+        "test_n": len(y), "test_correct": int((probs.argmax(1) == y).sum()),
         "per_genre": m["per_genre"], "confusion_matrix": m["confusion_matrix"],
         "self_activation": sa, "mean_self_activation": float(np.mean(list(sa.values()))),
         "specialisation": evaluation.specialisation(y, gates),
@@ -369,6 +627,7 @@ def evaluate(model, data, splits, norm, genres):
         tm = evaluation.classification_metrics(t_labels, t_probs, genres)
         metrics["track_level"] = {"test_accuracy": tm["accuracy"], "test_accuracy_ci95": tm["accuracy_ci95"],
                                   "macro_f1": tm["macro_f1"], "n_tracks": len(uniq),
+                                  "n_correct": int((t_probs.argmax(1) == t_labels).sum()),
                                   "confusion_matrix": tm["confusion_matrix"],
                                   "self_activation": evaluation.self_activation(t_labels, t_gates, genres)}
     return metrics, (y, probs, gates, logits, val_logits)
@@ -378,83 +637,144 @@ def evaluate(model, data, splits, norm, genres):
 
 
 def main(argv=None, log=print):
-    """Train, evaluate and write the run folder. Returns the metrics dict (also in metrics.json)."""
+    """Train, evaluate and write the run folder. Returns the metrics dict (also in metrics.json).
+
+    Every flag and the data it names are checked before any feature extraction. The run is built
+    in a hidden sibling of --out and renamed into place when complete, so --out never holds half a
+    run or figures of another run; partial folders of killed runs are removed here.
+    """
     s = parse_settings(argv)
     t0 = time.perf_counter()
     timings = {}
-    torch.manual_seed(s.seed)
     out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    data = load_dataset(s)
-    timings["data_and_features_s"] = time.perf_counter() - t0
-    for path, reason in data.skipped:
-        log(f"skipped {path}: {reason}")
-    genres = data.genres
-    track_labels = np.asarray([data.labels[data.tracks == t][0] for t in range(len(data.track_names))])
-    splits = split_tracks(track_labels, [float(v) for v in s.split.split(",")], s.seed)
-    if len(splits[1]) == 0 or len(splits[2]) == 0:
-        raise ValueError(f"--split {s.split}: expected at least one validation track (early stopping) and one "
-                         f"test track, got train/val/test {len(splits[0])}/{len(splits[1])}/{len(splits[2])} tracks")
-    rows = [np.flatnonzero(np.isin(data.tracks, part)) for part in splits]
-    mean, std = feature_stats(data.features[rows[0]])
-    norm = [(torch.from_numpy((data.features[r] - mean) / std).float(), torch.from_numpy(data.labels[r]).long())
-            for r in rows]
-    log(f"data: {data.source}, {len(genres)} genres, tracks train/val/test "
-        f"{len(splits[0])}/{len(splits[1])}/{len(splits[2])}, windows {len(rows[0])}/{len(rows[1])}/{len(rows[2])}")
-
-    config = MusicGenreMoEConfig(
-        id2label=dict(enumerate(genres)), label2id={g: i for i, g in enumerate(genres)},
-        feature_mean=mean, feature_std=std, **s.model,
-    )
-    model = MusicGenreMoE(config)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {n_params:,} parameters, {config.expert_type} experts")
-    t1 = time.perf_counter()
-    history, best_epoch = fit(model, norm[0], norm[1], s, log=log)
-    timings["training_s"] = time.perf_counter() - t1
-
-    t2 = time.perf_counter()
-    metrics, (y, probs, gates, logits, val_logits) = evaluate(model, data, splits, norm, genres)
-    model.set_genre_prototypes(torch.from_numpy(data.features[rows[0]]), data.labels[rows[0]])
-    metrics |= {
-        "n_parameters": n_params, "best_epoch": best_epoch, "epochs_run": len(history["train_loss"]),
-        "dataset": {"name": "synthetic" if data.source == "synthetic" else Path(data.source).name,
-                    "source": data.source, "genres": genres,
-                    "n_tracks": [len(p) for p in splits], "n_windows": [len(r) for r in rows],
-                    "split": f"stratified by {'clip' if data.source == 'synthetic' else 'recording'}, "
-                             f"proportions {s.split} (train,val,test), seed {s.seed}",
-                    "skipped": [[str(p), r] for p, r in data.skipped]},
-        "train_args": dataclasses.asdict(s),
-    }
-    save_run(out, model, s, metrics, history, mean, std, genres)
-    timings["evaluation_s"] = time.perf_counter() - t2
-    if s.plots:
-        t3 = time.perf_counter()
-        write_figures(out, model, data, norm, history, best_epoch, metrics, (y, probs, gates, logits), genres, s)
-        timings["figures_s"] = time.perf_counter() - t3
-    timings["total_s"] = time.perf_counter() - t0
-    metrics["timings"] = timings
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log(f"test accuracy {metrics['test_accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f}  "
-        f"mean self-activation {metrics['mean_self_activation']:.3f}  ({timings['total_s']:.1f} s)")
+    check_out(out, s.overwrite)
+    genres, paths, labels = list_data(s)
+    check_model(s, genres)
+    try:
+        clean_stale_partials(out.parent, RUN_KIND)
+        tmp = partial_folder(out, RUN_KIND)
+    except OSError as e:
+        raise SettingsError(f"--out {out}: cannot create the run folder there ({e.strerror or e})") from e
+    try:
+        torch.manual_seed(s.seed)
+        data = load_synthetic(s, genres) if s.data_dir is None else load_folder(s, (paths, labels, genres))
+        timings["data_and_features_s"] = time.perf_counter() - t0
+        for path, reason in data.skipped:
+            log(f"skipped {path}: {reason}")
+        metrics = train_and_write(tmp, data, s, timings, t0, log)
+        check_out(out, s.overwrite)  # another process may have written --out meanwhile
+        move_into_place(tmp, out, RUN_KIND)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     log(f"run written to {out.resolve()}")
     return metrics
 
 
+def train_and_write(folder, data, s, timings, t0, log=print):
+    """Everything after the features: split, train, evaluate, save and plot into `folder`."""
+    genres = data.genres
+    sp = prepare_splits(data, s)
+    log(f"data: {'synthetic' if data.source == 'synthetic' else Path(data.source).name}, {len(genres)} genres, "
+        f"tracks train/val/test {'/'.join(str(len(p)) for p in sp.tracks)}, "
+        f"windows {'/'.join(str(len(r)) for r in sp.rows)}")
+    model = build_model(genres, sp.mean, sp.std, s)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params:,} parameters, {model.config.expert_type} experts")
+    inputs = model_inputs(sp)
+    t1 = time.perf_counter()
+    history, best_epoch = fit(model, inputs[0], inputs[1], s, log=log)
+    timings["training_s"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    metrics, (y, probs, gates, logits, val_logits) = evaluate(model, data, sp.tracks, inputs, genres)
+    model.set_genre_prototypes(torch.from_numpy(data.features[sp.rows[0]]), data.labels[sp.rows[0]])
+    metrics |= {
+        "n_parameters": n_params, "best_epoch": best_epoch, "epochs_run": len(history["train_loss"]),
+        "dataset": dataset_summary(data, s, sp),
+        "train_args": public_settings(s),
+    }
+    save_run(folder, model, s, metrics, history, sp.mean, sp.std, genres)
+    timings["evaluation_s"] = time.perf_counter() - t2
+    if s.plots:
+        t3 = time.perf_counter()
+        write_figures(folder, model, data, inputs, history, best_epoch, metrics, (y, probs, gates, logits), genres, s)
+        timings["figures_s"] = time.perf_counter() - t3
+    timings["total_s"] = time.perf_counter() - t0
+    metrics["timings"] = timings
+    write_json(folder / "metrics.json", metrics, indent=2)
+    log(f"test accuracy {metrics['test_accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f}  "
+        f"mean self-activation {metrics['mean_self_activation']:.3f}  ({timings['total_s']:.1f} s)")
+    return metrics
+
+
+def dataset_summary(data, s, sp):
+    """What metrics.json says about the data: names relative to the data folder, no path of this machine."""
+    synthetic = data.source == "synthetic"
+    root = None if synthetic else Path(data.source)
+    return {"name": "synthetic" if synthetic else root.name,
+            "source": "synthetic" if synthetic else "data-dir",
+            "genres": list(data.genres),
+            "n_tracks": [len(p) for p in sp.tracks], "n_windows": [len(r) for r in sp.rows],
+            "split": f"stratified by {'clip' if synthetic else 'recording'}, "
+                     f"proportions {s.split} (train,val,test), seed {s.seed}",
+            "skipped": [[_relative(p, root), _relative_text(r, root)] for p, r in data.skipped]}
+
+
+def _relative(path, root):
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def _relative_text(text, root):
+    """An error message with the data folder's absolute path cut out (decoders name the file)."""
+    for prefix in {str(root), str(root.resolve())}:
+        text = text.replace(prefix + os.sep, "").replace(prefix, root.name)
+    return text
+
+
+def public_settings(s):
+    """The settings as metrics.json publishes them: the data folder by name, no local paths."""
+    args = dataclasses.asdict(s)
+    args.pop("out")
+    if args["data_dir"] is not None:
+        args["data_dir"] = Path(args["data_dir"]).expanduser().name
+    if args["cache_dir"] not in (None, "none"):
+        args["cache_dir"] = "custom"
+    return args
+
+
 def save_run(out, model, s, metrics, history, mean, std, genres):
-    torch.save(model.state_dict(), out / "moe_genre_model.pt")
-    torch.save({"model_state_dict": model.state_dict(), "config": model.config.to_dict(),
-                "feat_mean": mean.astype(np.float32), "feat_std": std.astype(np.float32),
-                "genres": genres, "train_args": dataclasses.asdict(s)}, out / "moe_genre_checkpoint.pt")
-    hf_dir = out / "hf_model"
-    if hf_dir.exists():
-        shutil.rmtree(hf_dir)
-    model.save_pretrained(hf_dir)
-    (out / "train_args.json").write_text(json.dumps(dataclasses.asdict(s), indent=2))
-    (out / "history.json").write_text(json.dumps(history))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "classification_report.txt").write_text(classification_report(metrics, genres))
+    """The run's model files and records in `out`, each written atomically.
+
+    `moe_genre_checkpoint.pt` holds only tensors and plain Python types (weights, config as a dict,
+    stats as tensors, genres, settings), so `torch.load(..., weights_only=True)` reads it.
+    `hf_model/` is written by the Hub export's own function: AutoModel and pipeline load it as is.
+    """
+    out = Path(out)
+    state = model.state_dict()
+    with replacing(out / "moe_genre_model.pt") as tmp:
+        torch.save(state, tmp)
+    config = json.loads(model.config.to_json_string())  # plain JSON types only
+    with replacing(out / "moe_genre_checkpoint.pt") as tmp:
+        torch.save({"model_state_dict": state, "config": config,
+                    "feat_mean": torch.as_tensor(np.asarray(mean, np.float32)),
+                    "feat_std": torch.as_tensor(np.asarray(std, np.float32)),
+                    "genres": [str(g) for g in genres], "train_args": json.loads(json.dumps(dataclasses.asdict(s)))},
+                   tmp)
+    hf_tmp = partial_folder(out / "hf_model", RUN_KIND)
+    try:
+        upload_to_hub.write_model_folder(model, hf_tmp)
+        move_into_place(hf_tmp, out / "hf_model", RUN_KIND)
+    except BaseException:
+        shutil.rmtree(hf_tmp, ignore_errors=True)
+        raise
+    write_json(out / "train_args.json", dataclasses.asdict(s), indent=2)
+    write_json(out / "history.json", history)
+    write_json(out / "metrics.json", metrics, indent=2)
+    write_text(out / "classification_report.txt", classification_report(metrics, genres))
 
 
 def classification_report(metrics, genres):
@@ -475,7 +795,7 @@ def classification_report(metrics, genres):
     return "\n".join(lines) + "\n"
 
 
-def write_figures(out, model, data, norm, history, best_epoch, metrics, test, genres, s):
+def write_figures(out, model, data, inputs, history, best_epoch, metrics, test, genres, s):
     y, probs, gates, logits = test
     gm = evaluation.gate_matrix(y, gates, len(genres))
     plots.genre_spectrograms(data.examples, SAMPLE_RATE, out / "genre_spectrograms.png")
@@ -484,7 +804,7 @@ def write_figures(out, model, data, norm, history, best_epoch, metrics, test, ge
     plots.expert_gates(gm, metrics["self_activation"], genres, out / "expert_gates.png")
     plots.roc_curves(y, probs, genres, out / "roc_curves.png")
     plots.radar_charts(gm, genres, out / "radar_charts.png")
-    importance = input_gradient_importance(model, *norm[2])
+    importance = input_gradient_importance(model, *inputs[2])
     plots.feature_importance(importance, FEATURE_NAMES, FEATURE_GROUPS, out / "feature_importance.png")
     cal = metrics["calibration"]
     centres, acc, counts = evaluation.reliability_curve(y, probs)
@@ -495,5 +815,5 @@ def write_figures(out, model, data, norm, history, best_epoch, metrics, test, ge
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # expected failures: one line, no traceback
         sys.exit(f"error: {e}")

@@ -24,7 +24,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from atomic_files import clean_stale_partials, move_into_place, partial_folder, replacing, write_text
+
 ROOT = Path(__file__).resolve().parent
+EXPORT_KIND = "out"  # exports are built in .out-partial-<name>-<pid>-<random> beside --output-dir
 DEFAULT_RUN = ROOT / "runs" / "latest"
 CHECKPOINT_NAME = "moe_genre_checkpoint.pt"
 
@@ -204,15 +207,35 @@ def _safetensors_available():
 
 
 def save_weights(model, folder):
-    """config.json + model.safetensors (or pytorch_model.bin when safetensors is missing)."""
-    model.config = hub_config(model.config)
-    if _safetensors_available():
-        model.save_pretrained(folder)
-    else:
-        import torch
+    """config.json + model.safetensors (or pytorch_model.bin when safetensors is missing).
 
-        model.config.save_pretrained(folder)
-        torch.save(model.state_dict(), Path(folder) / "pytorch_model.bin")
+    The saved config carries `auto_map` and `custom_pipelines`; the model in memory keeps its own.
+    """
+    own = model.config
+    model.config = hub_config(own)
+    try:
+        if _safetensors_available():
+            model.save_pretrained(folder)
+        else:
+            import torch
+
+            model.config.save_pretrained(folder)
+            with replacing(Path(folder) / "pytorch_model.bin") as tmp:
+                torch.save(model.state_dict(), tmp)
+    finally:
+        model.config = own
+
+
+def write_model_folder(model, folder):
+    """What AutoModel, AutoFeatureExtractor and pipeline need to load the model from `folder`, as is:
+    config.json with `auto_map` and `custom_pipelines`, the weights, preprocessor_config.json and
+    the code files. train.py writes a run's `hf_model/` with it; the Hub export adds the card,
+    metrics, figures and notebook."""
+    folder = Path(folder)
+    save_weights(model, folder)
+    save_feature_extractor(model.config, folder)
+    for name in code_files():
+        shutil.copy2(ROOT / name, folder / name)
 
 
 def save_feature_extractor(config, folder):
@@ -224,7 +247,7 @@ def save_feature_extractor(config, folder):
     path = Path(folder) / "preprocessor_config.json"
     data = json.loads(path.read_text())
     data["auto_map"] = dict(FEATURE_EXTRACTOR_AUTO_MAP)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def verify_export(model, folder):
@@ -245,15 +268,12 @@ def build_export(src, run_dir, folder, repo_id):
     folder = Path(folder)
     model = load_model(src)
     metrics = load_metrics(run_dir)
-    save_weights(model, folder)
-    save_feature_extractor(model.config, folder)
-    for name in code_files():
-        shutil.copy2(ROOT / name, folder / name)
+    write_model_folder(model, folder)
     has_notebook = (ROOT / NOTEBOOK).is_file()
     if has_notebook:
         # The notebook's default REPO_ID becomes this repo, so "Open in Colab" fetches the right code.
         text = (ROOT / NOTEBOOK).read_text(encoding="utf-8")
-        (folder / NOTEBOOK).write_text(text.replace(NOTEBOOK_REPO_PLACEHOLDER, repo_id), encoding="utf-8")
+        write_text(folder / NOTEBOOK, text.replace(NOTEBOOK_REPO_PLACEHOLDER, repo_id))
         for name in notebook_modules():
             if not (folder / name).exists():
                 shutil.copy2(ROOT / name, folder / name)
@@ -268,27 +288,39 @@ def build_export(src, run_dir, folder, repo_id):
     from model_card import build_model_card
 
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    card = build_model_card(metrics, model.config, repo_id=repo_id,
+    card = build_model_card(metrics, hub_config(model.config), repo_id=repo_id,
                             n_parameters=sum(p.numel() for p in model.parameters()),
                             files=[f for f in files if not f.startswith("figures/")],
                             figures=figures, has_notebook=has_notebook)
-    card.save(folder / "README.md")
+    write_text(folder / "README.md", str(card))
     return sorted(files + ["README.md"])
 
 
 def export_run(src, run_dir, output_dir, repo_id, overwrite=False):
-    """Build the export in a temporary folder beside `output_dir`, then move it into place."""
+    """Build the export in a hidden partial folder beside `output_dir`, then move it into place.
+
+    Partial folders of earlier exports that were killed (SIGKILL leaves them) are removed first.
+    A place that cannot hold the export (under a file, unwritable) is one UploadError line.
+    """
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+    for parent in [output_dir, *output_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == output_dir else f"is under {parent}, which is a file"
+            raise UploadError(f"--output-dir {output_dir} {where}; expected a folder path")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise UploadError(f"output folder {output_dir} is not empty (pass --overwrite to replace it)")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-partial-", dir=output_dir.parent))
+    try:
+        clean_stale_partials(output_dir.parent, EXPORT_KIND)
+        tmp = partial_folder(output_dir, EXPORT_KIND)
+    except OSError as e:
+        raise UploadError(f"--output-dir {output_dir}: cannot write there ({e.strerror or e})") from e
     try:
         files = build_export(src, run_dir, tmp, repo_id)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
-        tmp.rename(output_dir)
+        move_into_place(tmp, output_dir, EXPORT_KIND)
+    except OSError as e:  # disk full, permissions changed meanwhile: one line, nothing left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UploadError(f"--output-dir {output_dir}: writing the export failed ({type(e).__name__}: "
+                          f"{e.strerror or _first_line(e)})") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -366,7 +398,7 @@ def write_default_config(path=ROOT / "config.json"):
     config = hub_config(MusicGenreMoEConfig())
     data = config.to_dict()
     data.pop("transformers_version", None)  # keep the committed file stable across versions
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -416,6 +448,10 @@ def main(argv=None):
                 print(push_folder(Path(tmp) / "export", files, args, token))
     except UploadError as e:
         print(f"error: {_scrub(str(e), token)}", file=sys.stderr)
+        return 1
+    except OSError as e:  # an unreadable run file, a full disk: the promised one line, not a traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {_scrub(f'{type(e).__name__}{where}: {e.strerror or _first_line(e)}', token)}", file=sys.stderr)
         return 1
     return 0
 
