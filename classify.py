@@ -743,14 +743,20 @@ def main(argv=None) -> int:
             run_local(model, todo, settings, outputs, n_jobs, args.chunk_size or max(8 * n_jobs, 32), progress)
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:
+        if type(exc).__name__ != "RayJobError":
+            raise
+        print(f"classify.py: error: {exc}", file=sys.stderr)
+        code = 1
     finally:
         if bar is not None:
             bar.close()
         outputs.close()
     seconds = time.perf_counter() - t0
-    if code == 130:
-        print(f"interrupted: {outputs.written} songs written this run; run the same command again to resume",
-              file=sys.stderr)
+    if code:
+        if code == 130:
+            print(f"interrupted: {outputs.written} songs written this run; run the same command again to resume",
+                  file=sys.stderr)
         return code
     print(summary(outputs, outputs.written, outputs.failed, skipped, v["ignored"], seconds))
     return code

@@ -1,0 +1,225 @@
+"""classify.py's job and batch feature extraction on Ray: one machine or a cluster.
+
+Ray is an extra (`pip install -r requirements-ray.txt`); only this module imports it, and only
+`classify.py --ray` and `train.py --ray` import this module.
+
+- `classify_on_ray(...)`: actors (one per CPU) each load the model once, then take chunks of
+  *paths* (never audio bytes: every node reads the files from storage they all see), compute the
+  features with `batch_features.extract_many` and the batched predictions with the very function
+  the local run uses (`classify.classify_paths`). The driver writes rows, errors and resume
+  state through the same `classify.Outputs`, so a Ray run and a local run produce the same rows.
+- `extract_many_ray(sources, ...)`: `batch_features.extract_many` spread over Ray tasks; returns
+  a `batch_features.ExtractionResult` with the same fields and indices as the local call.
+
+With no address a local Ray is started (`ray.init(num_cpus=...)`, no dashboard, quiet logs, the
+project folder on the workers' PYTHONPATH) and shut down at the end. With an address ("auto",
+HOST:PORT, ray://HOST:PORT, or RAY_ADDRESS) the project's code files are shipped to the cluster
+as the job's working_dir; the Python packages of requirements.txt must already be on every node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+try:
+    import ray
+    from ray.util import ActorPool
+except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
+    raise ImportError("the Ray backend needs Ray: pip install -r requirements-ray.txt") from exc
+
+import classify
+from batch_features import ExtractionResult
+from features import HOP_LENGTH, N_FFT, SAMPLE_RATE
+
+ROOT = Path(__file__).resolve().parent
+
+# What not to upload as the job's working_dir to a cluster: environments, runs, caches, data.
+CODE_EXCLUDES = [".venv", ".git", "runs", ".cache", "hub_export", "__pycache__", ".pytest_cache", "*.pyc",
+                 "examples"]
+
+__all__ = ["classify_on_ray", "extract_many_ray", "init_ray", "RayJobError"]
+
+
+class RayJobError(RuntimeError):
+    """The Ray job could not run (cluster unreachable, a worker could not load the model, ...)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    # Ray wraps worker errors in several lines of traceback; the last line names the cause.
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
+    """Connect to `address` (or RAY_ADDRESS), or start a quiet local Ray with `num_cpus` CPUs.
+
+    Returns True when this call started or connected Ray (the caller then shuts it down), False
+    when Ray was already initialised by the caller."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats prompt or upload from a CLI
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    quiet = dict(logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        if address in (None, "local"):
+            path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+            ray.init(address="local", num_cpus=num_cpus or classify.available_cpus(), include_dashboard=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": path}}, **quiet)
+        else:
+            ray.init(address=address, runtime_env={"working_dir": str(ROOT), "excludes": CODE_EXCLUDES}, **quiet)
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError, ... depending on the failure
+        raise RayJobError(f"--ray {address or '(local)'}: cannot start or reach Ray ({_one_line(exc)})") from exc
+    return True
+
+
+def _cluster_cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _single_threaded() -> None:
+    """One CPU per actor/task: keep torch and BLAS from starting a thread per core of the node."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except Exception:
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except Exception:  # threadpoolctl is optional; oversubscription only costs speed
+        pass
+
+
+@ray.remote(num_cpus=1)
+class GenreTagger:
+    """A Ray worker: loads the model once, then classifies chunks of paths."""
+
+    def __init__(self, model_spec: str, settings: classify.Settings):
+        _single_threaded()
+        self.model = classify.load_model(model_spec)
+        self.settings = settings
+
+    def classify(self, paths: List[str]):
+        return classify.classify_paths(self.model, paths, self.settings, n_jobs=1)
+
+
+def classify_on_ray(model_spec: str, paths: Sequence[str], settings: classify.Settings, outputs: classify.Outputs, *,
+                    address: Optional[str] = None, num_cpus: Optional[int] = None, chunk_size: int = 8,
+                    num_workers: Optional[int] = None, progress: Optional[Callable[[int], None]] = None) -> None:
+    """Classify `paths` on Ray, writing through `outputs` as chunks complete (any order).
+
+    `model_spec` is what --model names; a local path is made absolute (it must be on storage
+    every node reads). Raises RayJobError when Ray or a worker fails as a whole; an unreadable
+    song is an ordinary failure row, as locally."""
+    kind, target = classify.resolve_model(model_spec)
+    owned = init_ray(address, num_cpus)
+    try:
+        chunks = [list(paths[s:s + chunk_size]) for s in range(0, len(paths), chunk_size)]
+        n = min(num_workers or _cluster_cpus(), len(chunks))
+        pool = ActorPool([GenreTagger.remote(target, settings) for _ in range(n)])
+        try:
+            # ActorPool keeps one chunk in flight per actor and queues the rest in the driver (paths
+            # only), so memory on every node stays one song per worker.
+            for records, failures in pool.map_unordered(lambda actor, chunk: actor.classify.remote(chunk), chunks):
+                outputs.write(records, failures)
+                if progress is not None:
+                    progress(len(records) + len(failures))
+        except ray.exceptions.RayError as exc:
+            raise RayJobError(f"--ray: a worker failed ({_one_line(exc)}); rows written so far are kept, "
+                              f"run again to resume") from exc
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+@ray.remote(num_cpus=1)
+def _extract_chunk(chunk: list, kwargs: dict) -> ExtractionResult:
+    from batch_features import extract_many
+
+    _single_threaded()
+    return extract_many(chunk, n_jobs=1, progress=False, **kwargs)
+
+
+def _merge(results: Sequence[ExtractionResult], offsets: Sequence[int]) -> ExtractionResult:
+    """One ExtractionResult from per-chunk ones: indices shifted back to `sources`, every list
+    aligned with `features` (starts, embeddings, ... whatever extract_many returns) carried along."""
+    per_song = [f.name for f in fields(ExtractionResult) if f.name not in ("ok", "failures", "cache_hits")]
+    out = ExtractionResult()
+    pieces = []
+    for res, off in zip(results, offsets):
+        n = len(res.ok)
+        aligned = {name: getattr(res, name) for name in per_song
+                   if isinstance(getattr(res, name, None), (list, tuple)) and len(getattr(res, name)) == n}
+        for k, i in enumerate(res.ok):
+            pieces.append((off + i, {name: vals[k] for name, vals in aligned.items()}))
+        for desc, msg in res.failures:
+            if desc.startswith("array[") and desc.endswith("]"):
+                desc = f"array[{off + int(desc[6:-1])}]"  # arrays are named by their index in the input
+            out.failures.append((desc, msg))
+        out.cache_hits += int(getattr(res, "cache_hits", 0) or 0)
+    pieces.sort(key=lambda t: t[0])
+    for idx, vals in pieces:
+        out.ok.append(idx)
+        for name, v in vals.items():
+            getattr(out, name).append(v)
+    return out
+
+
+def extract_many_ray(sources: Sequence, *, sr: int = SAMPLE_RATE, clip_seconds: Optional[float] = None,
+                     cache_dir=None, address: Optional[str] = None, num_cpus: Optional[int] = None,
+                     chunk_size: int = 8, progress: Optional[bool] = None, n_fft: int = N_FFT,
+                     hop_length: int = HOP_LENGTH) -> ExtractionResult:
+    """`batch_features.extract_many` on Ray: same arguments and result (ok indices, failures,
+    cache hits, and every per-song field), tasks of `chunk_size` sources with one CPU each.
+
+    Paths are sent, not audio; they are made absolute so that a worker whose working directory
+    differs finds them (on a cluster they must be on storage every node reads). Arrays travel
+    through Ray's object store. `cache_dir` is each node's own cache (None: its default folder).
+    `train.py --data-dir DIR --ray [ADDRESS]` calls this in place of `extract_many`."""
+    sources = list(sources)
+    shipped = [s if not isinstance(s, (str, os.PathLike)) else os.path.abspath(os.fspath(s)) for s in sources]
+    kwargs = dict(sr=sr, clip_seconds=clip_seconds, cache_dir=cache_dir, n_fft=n_fft, hop_length=hop_length)
+    owned = init_ray(address, num_cpus)
+    try:
+        offsets = list(range(0, len(sources), chunk_size))
+        max_in_flight = 2 * _cluster_cpus()  # bounds the audio arrays held in the object store
+        results: dict = {}
+        pending: dict = {}
+        show = (len(sources) >= 20) if progress is None else bool(progress)
+        try:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(sources), desc="features (ray)", unit="file", disable=not show)
+        except ImportError:  # pragma: no cover
+            bar = None
+        todo = list(enumerate(offsets))
+        while todo or pending:
+            while todo and len(pending) < max_in_flight:
+                k, off = todo.pop(0)
+                pending[_extract_chunk.remote(shipped[off:off + chunk_size], kwargs)] = k
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                k = pending.pop(ref)
+                try:
+                    results[k] = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    raise RayJobError(f"--ray: feature task failed ({_one_line(exc)})") from exc
+                if bar is not None:
+                    bar.update(min(chunk_size, len(sources) - offsets[k]))
+        if bar is not None:
+            bar.close()
+        merged = _merge([results[k] for k in range(len(offsets))], offsets)
+    finally:
+        if owned:
+            ray.shutdown()
+    # Failures name the source as the caller gave it (a relative path stays relative).
+    by_abs = {str(a): str(s) for a, s in zip(shipped, sources) if isinstance(s, (str, os.PathLike))}
+    merged.failures = [(by_abs.get(d, d), m.replace(d, by_abs[d], 1) if d in by_abs else m)
+                       for d, m in merged.failures]
+    return merged
