@@ -4,13 +4,19 @@ Every architecture, loss and preprocessing setting lives here, so a saved model 
 carries everything needed to rebuild it and to turn audio into the features it was trained on.
 """
 
+import math
+import re
+
 from transformers import PretrainedConfig
+
+try:
+    from .features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE
+except ImportError:  # running from a checkout, not as a Hub dynamic module
+    from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE
 
 # The seed's five genres, in the seed's order. synth.GENRE_GENERATORS follows this order; a test
 # keeps the two in step.
 DEFAULT_GENRES = ("jazz", "blues", "rock", "pop", "classical")
-NUM_FEATURES = 59  # features.N_FEATURES; repeated here so the config imports without librosa
-SAMPLING_RATE = 22050  # features.SAMPLE_RATE; the same reason
 
 
 class MusicGenreMoEConfig(PretrainedConfig):
@@ -93,7 +99,7 @@ class MusicGenreMoEConfig(PretrainedConfig):
 
     def __init__(
         self,
-        num_features=NUM_FEATURES,
+        num_features=N_FEATURES,
         hidden_size=128,
         expert_hidden_size=64,
         expert_output_size=32,
@@ -116,8 +122,8 @@ class MusicGenreMoEConfig(PretrainedConfig):
         initializer_range=0.02,
         feature_mean=None,
         feature_std=None,
-        sampling_rate=SAMPLING_RATE,
-        clip_seconds=5.0,
+        sampling_rate=SAMPLE_RATE,
+        clip_seconds=CLIP_SECONDS,
         prototypes=None,
         prototype_space="features",
         **kwargs,
@@ -173,6 +179,9 @@ class MusicGenreMoEConfig(PretrainedConfig):
         if len(self.gate_hidden_sizes) != 2:
             raise ValueError(f"gate_hidden_sizes must hold 2 widths (a 3-layer gate), got {self.gate_hidden_sizes!r}")
 
+        for name in list(self.prototypes) + list(self.label2id):
+            check_genre_name(name)
+
     @property
     def genres(self):
         """The trained genres in label order."""
@@ -184,10 +193,36 @@ class MusicGenreMoEConfig(PretrainedConfig):
 
 
 def _stats_list(values, name, width):
-    """Normalisation stats as a plain list of `width` floats (JSON-friendly), or None."""
+    """Normalisation stats as a plain list of `width` finite floats (JSON-friendly), or None.
+
+    Checked when the config is built or loaded, so a bad `config.json` fails there, naming the
+    field, instead of giving NaN (or silently flipped signs) at prediction time.
+    """
     if values is None:
         return None
-    values = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+    values = values.tolist() if hasattr(values, "tolist") else values
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a list of {width} numbers, got {type(values).__name__}: {e}") from None
     if len(values) != width:
-        raise ValueError(f"{name} must hold {width} values (one per feature), got {len(values)}")
+        raise ValueError(f"{name} must hold {width} values (one per input feature), got {len(values)}")
+    bad = [(i, v) for i, v in enumerate(values) if not math.isfinite(v) or (name == "feature_std" and v <= 0)]
+    if bad:
+        i, v = bad[0]
+        need = "finite and > 0" if name == "feature_std" else "finite"
+        raise ValueError(f"{name}[{i}] must be {need}, got {v} ({len(bad)} bad value(s))")
     return values
+
+
+_GENRE_NAME = re.compile(r"[\w][\w &'.+-]{0,63}")
+
+
+def check_genre_name(name):
+    """A genre name as given, or ValueError: 1-64 characters (letters, digits, space, `-_&'.+`), not
+    starting with a space or punctuation. It becomes a key of config.json and a label in outputs, so
+    paths, control characters and empty names are refused."""
+    if not isinstance(name, str) or not _GENRE_NAME.fullmatch(name):
+        raise ValueError(f"genre name: expected 1-64 letters, digits, spaces or -_&'.+ (not starting with "
+                         f"punctuation), got {name!r}")
+    return name

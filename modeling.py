@@ -4,14 +4,17 @@ Reads top-down: feature checks and normalisation, the blocks (shared encoder, `G
 `GatingNetwork`), the losses, then the full `MusicGenreMoE` with `forward`, `predict`,
 `predict_audio` and few-shot `add_genre`.
 
-    features (batch, 59) -> z-score -> shared encoder (batch, 128)
+    raw features (batch, 59) -> z-score with config.feature_mean/std -> shared encoder (batch, 128)
         -> experts: E x (batch, 32)      gate: (batch, E) softmax weights
         -> fused = sum_i gate_i * expert_i   (batch, 32)   (the genre embedding)
         -> classifier head -> logits (batch, num_genres)
 """
 
-import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,14 +24,23 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 try:
-    from .configuration import DEFAULT_GENRES, MusicGenreMoEConfig
+    from .configuration import MusicGenreMoEConfig, check_genre_name
 except ImportError:  # running from a checkout, not as a Hub dynamic module
-    from configuration import DEFAULT_GENRES, MusicGenreMoEConfig
+    from configuration import MusicGenreMoEConfig, check_genre_name
 
 try:
     from .kan import KANLinear
 except ImportError:
     from kan import KANLinear
+
+try:
+    from .features import FEATURE_NAMES, as_mono_waveform
+except ImportError:
+    from features import FEATURE_NAMES, as_mono_waveform
+
+#: Largest |z-score| accepted: features from real audio stay within a few dozen standard deviations
+#: of the training mean; 1e30 would overflow float32 inside the network and come out as NaN.
+MAX_ABS_ZSCORE = 1e4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,38 +254,65 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
 
     # -- normalisation --------------------------------------------------------------------------
 
-    def _zscored(self, features, already_normalised, name="input_features"):
-        """Checked (batch, num_features) tensor on the model's device, z-scored unless already."""
-        x = as_feature_tensor(features, self.config.num_features, name).to(self.device)
-        return x if already_normalised else self.normalise(x)
+    def normalise(self, features, name="input_features"):
+        """Checked raw features (batch, num_features) -> z-scores with the training stats in the config.
 
-    def normalise(self, features):
-        """z-score raw features with the training split's stats kept in the config."""
-        if not self.config.has_feature_stats:
+        Every door into the model (forward, predict, predict_audio, the pipeline) passes through here,
+        so the caller never chooses whether to normalise: inputs are always raw features.
+        """
+        c = self.config
+        x = as_feature_tensor(features, c.num_features, name).to(self.device)
+        if not c.has_feature_stats:
             raise ValueError(
-                "already_normalised=False needs the training feature_mean/feature_std in the config, "
-                "got None: this model was never trained (or its config lost the stats)"
+                f"{name}: this model has no feature_mean/feature_std in its config (it was never trained); "
+                "train it with train.py, or call model.set_feature_stats(mean, std) with the training split's stats"
             )
-        mean = torch.tensor(self.config.feature_mean, dtype=features.dtype, device=features.device)
-        std = torch.tensor(self.config.feature_std, dtype=features.dtype, device=features.device)
-        return (features - mean) / std
+        mean = torch.tensor(c.feature_mean, dtype=x.dtype, device=x.device)
+        std = torch.tensor(c.feature_std, dtype=x.dtype, device=x.device)
+        z = (x - mean) / std
+        extreme = z.abs() > MAX_ABS_ZSCORE
+        if bool(extreme.any()):
+            row, col = extreme.nonzero()[0].tolist()
+            raise ValueError(
+                f"{name}: row {row}, feature {col} ({_feature_name(col)}) is {x[row, col].item():.4g}, "
+                f"{z[row, col].item():.3g} standard deviations from the training mean (limit {MAX_ABS_ZSCORE:g}); "
+                "expected raw features from features.extract_features"
+            )
+        return z
+
+    def set_feature_stats(self, mean, std):
+        """Store the training split's per-feature mean and std (validated as the config validates them)."""
+        try:
+            from .configuration import _stats_list
+        except ImportError:
+            from configuration import _stats_list
+        c = self.config
+        c.feature_mean = _stats_list(mean, "feature_mean", c.num_features)
+        c.feature_std = _stats_list(std, "feature_std", c.num_features)
 
     # -- forward --------------------------------------------------------------------------------
 
-    def forward(self, input_features, labels=None, already_normalised=True, **kwargs):
+    def forward(self, input_features, labels=None, **kwargs):
         """
         Args:
             input_features (`torch.FloatTensor` of shape `(batch, num_features)`):
-                Feature vectors (`features.extract_features`), z-scored unless `already_normalised=False`.
+                Raw feature vectors (`features.extract_features`, or the feature extractor's output).
+                The model z-scores them with the training stats in its config: never normalise them
+                yourself. Values more than `MAX_ABS_ZSCORE` standard deviations from the training mean
+                are refused with an error naming the row and the feature.
             labels (`torch.LongTensor` of shape `(batch,)`, *optional*):
                 Genre indices; when given the output carries `loss` and every loss term.
-            already_normalised (`bool`, defaults to `True`):
-                `False` applies the config's `feature_mean`/`feature_std` first.
 
         Returns:
             `MusicGenreMoEOutput`
         """
-        x = self._zscored(input_features, already_normalised)
+        unknown = set(kwargs) - {"num_windows", "return_dict", "output_attentions", "output_hidden_states"}
+        if unknown:
+            raise TypeError(f"forward: unexpected argument(s) {sorted(unknown)}; expected input_features and labels")
+        return self._forward_zscored(self.normalise(input_features), labels)
+
+    def _forward_zscored(self, x, labels=None):
+        """The network on z-scored inputs (batch, num_features)."""
         h = self.encoder(x)                                           # (B, H)
         expert_out = torch.stack([e(h) for e in self.experts], dim=1)  # (B, E, D)
         gate_weights, log_weights = self.gate(h)                       # (B, E)
@@ -317,29 +356,31 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
     # -- inference helpers ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def embed(self, features, already_normalised=True):
-        """Fused embeddings (batch, expert_output_size) for feature vectors, in eval mode."""
+    def embed(self, features):
+        """Fused embeddings (batch, expert_output_size) of raw feature vectors, in eval mode."""
         self.eval()
-        return self(features, already_normalised=already_normalised).embedding
+        return self(features).embedding
 
     @torch.no_grad()
-    def fewshot_embed(self, features, already_normalised=True):
-        """(batch, D) vectors in the few-shot space (`config.prototype_space`), in eval mode.
+    def fewshot_embed(self, features):
+        """(batch, D) vectors in the few-shot space (`config.prototype_space`) of raw features, in eval mode.
 
         The z-scored features (D = num_features) or the fused expert embedding (D =
         expert_output_size). `add_genre`, `set_genre_prototypes` and the prototype scores all use it.
         """
-        return self._fewshot_space(self._zscored(features, already_normalised), None)
+        self.eval()
+        z = self.normalise(features)
+        return self._fewshot_space(z, None)
 
     def _fewshot_space(self, z, fused):
         """z-scored features (B, F) -> few-shot embeddings; `fused` is reused when already computed."""
         if self.config.prototype_space == "features":
             return z
-        return fused if fused is not None else self.embed(z)
+        return fused if fused is not None else self._forward_zscored(z).embedding
 
     @torch.no_grad()
-    def predict(self, features, already_normalised=True):
-        """Genre prediction for one feature vector (59,) or a batch (batch, 59).
+    def predict(self, features):
+        """Genre prediction for one raw feature vector (59,) or a batch (batch, 59).
 
         Returns the seed's dict (`predicted_genre`, `confidence`, `probabilities`, `gate_weights`,
         names from `id2label`) for one vector, a list of them for a batch. Genres added with
@@ -347,8 +388,8 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         """
         single = _is_single_vector(features)
         self.eval()
-        z = self._zscored(features, already_normalised)
-        out = self(z)
+        z = self.normalise(features)
+        out = self._forward_zscored(z)
         results = self._results(out.logits.softmax(-1), out.gate_weights, self._fewshot_space(z, out.embedding))
         return results[0] if single else results
 
@@ -381,23 +422,30 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
 
     @torch.no_grad()
     def predict_audio(self, audio, sampling_rate=None):
-        """Predict the genre of an audio file (any length) or a 1-D waveform.
+        """Predict the genre of an audio file (any length) or a waveform.
 
         The audio is resampled to `config.sampling_rate`, cut into `config.clip_seconds` windows,
         and the window probabilities and gate weights averaged. Needs librosa and soundfile.
 
         Args:
-            audio (`str`, `Path` or `np.ndarray` of shape `(samples,)`): a file path or a mono waveform.
+            audio (`str`, `Path` or array): a file path, or a waveform: float samples in [-1, 1] or
+                integer PCM (scaled by its dtype's range), mono `(samples,)` or multichannel
+                `(channels, samples)` / `(samples, channels)` (see `features.as_mono_waveform`).
             sampling_rate (`int`): the waveform's sample rate; required for arrays, ignored for paths.
 
         Returns:
             The `predict` dict for the whole song plus `num_windows` and `windows` (one dict per
-            window with `start`/`end` seconds, `predicted_genre`, `confidence`, `probabilities`).
+            window with `start`/`end` seconds, `predicted_genre`, `confidence`, `probabilities`,
+            `gate_weights`).
         """
-        feats, starts = self._window_features(audio, sampling_rate, return_starts=True)
+        feats, starts = self.audio_features(audio, sampling_rate)
+        return self._song_result(torch.as_tensor(feats), starts)
+
+    def _song_result(self, feats, starts):
+        """One song's verdict and its per-window results from its raw window features (n_windows, F)."""
         self.eval()
-        z = self._zscored(feats, already_normalised=False)
-        out = self(z)
+        z = self.normalise(feats)
+        out = self._forward_zscored(z)
         probs = out.logits.softmax(-1)
         emb = self._fewshot_space(z, out.embedding)
         song = self._results(probs.mean(0, keepdim=True), out.gate_weights.mean(0, keepdim=True),
@@ -406,29 +454,30 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         song["num_windows"] = len(feats)
         song["windows"] = [
             {"start": round(int(s0) / sr, 3), "end": round(int(s0) / sr + win, 3),
-             **{k: r[k] for k in ("predicted_genre", "confidence", "probabilities")}}
+             **{k: r[k] for k in ("predicted_genre", "confidence", "probabilities", "gate_weights")}}
             for s0, r in zip(starts, self._results(probs, out.gate_weights, emb))
         ]
         return song
 
-    def _window_features(self, audio, sampling_rate=None, return_starts=False):
-        """(n_windows, num_features) raw features of a file or waveform, at the config's sample rate.
+    def audio_features(self, audio, sampling_rate=None):
+        """Raw window features of a file or waveform: ((n_windows, num_features) float32, starts (n_windows,)).
 
-        Silent windows are skipped (see `features.extract_windows`); `return_starts` adds each kept
-        window's first sample.
+        The model's own door from audio to `input_features` (the feature extractor and the pipeline
+        use the same functions). Silent windows are skipped (see `features.extract_windows`);
+        `starts` holds each kept window's first sample at `config.sampling_rate`.
         """
         try:
-            from .features import load_audio, extract_windows, resample_audio
+            from .features import extract_windows, load_audio, resample_audio
         except ImportError:
-            from features import load_audio, extract_windows, resample_audio
+            from features import extract_windows, load_audio, resample_audio
         sr = self.config.sampling_rate
         if isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
             y = load_audio(audio, sr=sr)
         else:
             if sampling_rate is None:
                 raise ValueError("predict_audio: a waveform needs its sampling_rate (e.g. 22050), got None")
-            y = resample_audio(np.asarray(audio, dtype=np.float32), int(sampling_rate), sr)
-        return extract_windows(y, sr=sr, clip_seconds=self.config.clip_seconds, return_starts=return_starts)
+            y = resample_audio(as_mono_waveform(audio), int(sampling_rate), sr)
+        return extract_windows(y, sr=sr, clip_seconds=self.config.clip_seconds, return_starts=True)
 
     # -- few-shot genres --------------------------------------------------------------------------
 
@@ -437,7 +486,8 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         """Learn a new genre from K >= 1 examples without gradient updates (a Prototypical-Networks prototype).
 
         Args:
-            name (`str`): the new genre's name (must not be a trained genre).
+            name (`str`): the new genre's name: 1-64 characters, letters, digits, spaces and `-_&'.+`,
+                not a trained genre. Adding a few-shot genre twice replaces its prototype.
             examples: a list of audio paths, a list of waveforms (with `sampling_rate`), or raw
                 (not z-scored) feature vectors of shape (K, num_features).
 
@@ -447,15 +497,17 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         adds `prototype_scores` (softmax of negative squared distances to every prototype, the trained
         genres' included: train.py stores them with `set_genre_prototypes`) and names the nearest genre.
         """
+        name = check_genre_name(name)
         if name in self.config.label2id:
             raise ValueError(f"add_genre: {name!r} is already a trained genre ({self.config.genres})")
         feats = self._examples_to_features(examples, sampling_rate)
-        emb = self.fewshot_embed(feats, already_normalised=False)
+        emb = self.fewshot_embed(feats)
         self.config.prototypes[name] = emb.mean(0).tolist()
         return self.config.prototypes[name]
 
     def _examples_to_features(self, examples, sampling_rate):
-        if isinstance(examples, (np.ndarray, torch.Tensor)) and np.ndim(examples) == 2:
+        if isinstance(examples, (np.ndarray, torch.Tensor)) and np.ndim(examples) == 2 \
+                and np.shape(examples)[1] == self.config.num_features:
             return as_feature_tensor(examples, self.config.num_features, "examples")
         if isinstance(examples, (str, bytes)) or hasattr(examples, "__fspath__"):
             examples = [examples]
@@ -464,17 +516,36 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         first = examples[0]
         if np.ndim(first) == 1 and len(first) == self.config.num_features and not isinstance(first, str):
             return as_feature_tensor(np.stack(examples), self.config.num_features, "examples")
-        return torch.cat([torch.as_tensor(self._window_features(e, sampling_rate)) for e in examples])
+        return torch.cat([torch.as_tensor(self.audio_features(e, sampling_rate)[0]) for e in examples])
 
     def set_genre_prototypes(self, features, labels):
         """Store the trained genres' prototypes (mean `fewshot_embed` of raw training features per genre).
 
         Called by train.py so that few-shot genres compete with trained genres on equal terms.
         """
-        emb = self.fewshot_embed(features, already_normalised=False)
+        emb = self.fewshot_embed(features)
         labels = torch.as_tensor(labels)
         for i, genre in enumerate(self.config.genres):
             self.config.prototypes[genre] = emb[labels == i].mean(0).tolist()
+
+    # -- saving -----------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, atomically: every file is written into a hidden
+        temporary folder beside the target and renamed into place only once all were written, so
+        an error or a kill never leaves a 0-byte or half-written `config.json` / weights file."""
+        target = Path(save_directory)
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"save_pretrained: {target} is a file, expected a folder")
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".save-partial-", dir=target))
+        try:
+            result = super().save_pretrained(tmp, *args, **kwargs)
+            for f in tmp.iterdir():
+                os.replace(f, target / f.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return result
 
     def _prototype_scores(self, embedding):
         """Softmax over negative mean squared distances to every prototype: (names, (batch, P)).
@@ -492,24 +563,37 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
 # The seed notebook's API, kept for its users
 
 
+CHECKPOINT_NAME = "moe_genre_checkpoint.pt"
+EXPORT_DIR_NAME = "hf_model"
+
+
 def load_moe_model(path):
-    """Load a run's `moe_genre_checkpoint.pt` (or a `save_pretrained` folder).
+    """Load a trained model from a run folder, a `save_pretrained` folder or a `moe_genre_checkpoint.pt`.
+
+    A run folder (what train.py writes) is read through its `hf_model/` export. The `.pt`
+    checkpoint holds only tensors and plain types and is read with `torch.load(weights_only=True)`:
+    a checkpoint that carries any other pickled object is refused, never executed.
 
     Returns:
-        (model in eval mode, feat_mean (59,) float32, feat_std (59,) float32, genres list)
+        (model in eval mode, feat_mean (num_features,) float32, feat_std (num_features,) float32, genres list)
     """
-    import os
-
-    if os.path.isdir(path):
+    path = Path(path)
+    if path.is_dir() and (path / EXPORT_DIR_NAME / "config.json").is_file():
+        path = path / EXPORT_DIR_NAME
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path}: expected a run folder (with {EXPORT_DIR_NAME}/), a save_pretrained folder "
+                             f"(with config.json) or a {CHECKPOINT_NAME} file")
         model = MusicGenreMoE.from_pretrained(path)
+    elif not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
     else:
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
             config, state = MusicGenreMoEConfig.from_dict(ckpt["config"]), ckpt["model_state_dict"]
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # truncated file, wrong pickle, missing keys
-            raise ValueError(f"{path}: not a music-genre-moe checkpoint ({type(e).__name__}: {e})") from e
+        except Exception as e:  # truncated file, a pickle of arbitrary objects, missing keys
+            raise ValueError(f"{path}: not a music-genre-moe checkpoint ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
         model = MusicGenreMoE(config)
         model.load_state_dict(state)
     model.eval()
@@ -522,29 +606,33 @@ def load_moe_model(path):
 def predict_audio_file(path, model, feat_mean=None, feat_std=None):
     """Seed API: (probs (num_genres,), gate_weights (num_experts,), predicted_genre) for an audio file.
 
-    `feat_mean`/`feat_std` default to the stats in the model's config; passing them overrides it.
-    Long files are cut into windows and averaged, as in `MusicGenreMoE.predict_audio`.
+    The same computation as `model.predict_audio(path)` (long files are cut into windows and
+    averaged). The model normalises with the stats in its own config; `feat_mean`/`feat_std`
+    are accepted for the seed's call signature and must equal them (a mismatch is an error, not
+    a silent second normalisation).
     """
-    feats = torch.as_tensor(model._window_features(path))
-    if feat_mean is not None or feat_std is not None:
-        if feat_mean is None or feat_std is None:
-            raise ValueError("predict_audio_file: pass both feat_mean and feat_std, or neither")
-        feats = (feats - torch.as_tensor(np.asarray(feat_mean, np.float32))) / torch.as_tensor(
-            np.asarray(feat_std, np.float32))
-        normalised = True
-    else:
-        normalised = False
-    model.eval()
-    with torch.no_grad():
-        out = model(feats, already_normalised=normalised)
-    probs = out.logits.softmax(-1).mean(0).numpy()
-    gates = out.gate_weights.mean(0).numpy()
-    return probs, gates, model.config.genres[int(probs.argmax())]
+    for name, given, own in (("feat_mean", feat_mean, model.config.feature_mean),
+                             ("feat_std", feat_std, model.config.feature_std)):
+        if given is not None and (own is None or not np.allclose(np.asarray(given, np.float64), own, rtol=1e-5)):
+            raise ValueError(f"predict_audio_file: {name} differs from the model's config.{name.replace('feat', 'feature')}; "
+                             "the model normalises with its own training stats: pass neither")
+    song = model.predict_audio(path)
+    genres = model.config.genres
+    probs = np.asarray([song["probabilities"][g] for g in genres], np.float32)
+    gates = np.asarray([song["gate_weights"][g] for g in genres], np.float32)
+    return probs, gates, genres[int(probs.argmax())]
 
 
-def pretty_predict(name, probs, gate_weights, pred, genres=None, width=30):
-    """Print the seed's report: probabilities as bars (█░) and gate weights as dots (▪·)."""
-    genres = list(genres or DEFAULT_GENRES)  # the seed called it with its five genres
+def pretty_predict(name, probs, gate_weights, pred, genres, width=30):
+    """Print the seed's report: probabilities as bars (█░) and gate weights as dots (▪·).
+
+    `genres` is required (`model.config.genres`, the label order of `probs`): guessing the seed's
+    five-genre order would mislabel the bars of any other model.
+    """
+    genres = list(genres) if genres is not None else None
+    if genres is None or len(genres) != len(probs) or len(gate_weights) != len(probs):
+        raise ValueError(f"pretty_predict: expected genres (model.config.genres) with one name per probability "
+                         f"({len(probs)}) and gate weight ({len(gate_weights)}), got {genres!r}")
     rule = "─" * 55
     lines = [rule, f"🎵 {name}", rule,
              f"Predicted genre : {pred.upper()} ({probs[genres.index(pred)]:.0%} confidence)", rule,
@@ -561,9 +649,13 @@ def pretty_predict(name, probs, gate_weights, pred, genres=None, width=30):
     return "\n".join(lines)
 
 
+def _feature_name(index):
+    return FEATURE_NAMES[index] if index < len(FEATURE_NAMES) else f"frontend_{index - len(FEATURE_NAMES)}"
+
+
 def _is_single_vector(features):
     return np.ndim(features) == 1 if not isinstance(features, torch.Tensor) else features.dim() == 1
 
 
 __all__ = ["MusicGenreMoE", "MusicGenreMoEOutput", "GenreExpert", "GatingNetwork", "as_feature_tensor",
-           "load_moe_model", "predict_audio_file", "pretty_predict"]
+           "check_genre_name", "load_moe_model", "predict_audio_file", "pretty_predict"]

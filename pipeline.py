@@ -8,11 +8,13 @@ to `MusicGenreFeatureExtractor`. Both read and resample audio with `features.py`
 
     file / bytes / array at any rate -> mono float32 at config.sampling_rate
         -> clip_seconds windows -> raw features (n_windows, 59)                  (feature extractor)
-        -> model(already_normalised=False): z-score with the config's stats -> logits (n_windows, G)
+        -> model(input_features): z-score with the config's stats -> logits (n_windows, G)
         -> softmax, mean over windows -> [{"label": genre, "score": p}, ...] best first
 
-The normalisation stats stay in the model's `config.json` only (one source of truth); the feature
-extractor returns raw features and the pipeline asks the model to normalise them.
+The normalisation stats stay in the model's `config.json` only (one source of truth): the feature
+extractor returns raw features and the model always z-scores them itself, so
+`model(**feature_extractor(y, sampling_rate=sr, return_tensors="pt"))`, the pipeline and
+`model.predict_audio` give the same probabilities.
 librosa and soundfile are needed only here, for audio: they are imported inside `features.py`'s
 `try:` blocks, so loading the model from feature vectors never touches them.
 """
@@ -26,9 +28,9 @@ from transformers import Pipeline
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 
 try:
-    from .features import N_FEATURES, SAMPLE_RATE, extract_windows, load_audio, resample_audio
+    from .features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE, as_mono_waveform, extract_windows, load_audio, resample_audio
 except ImportError:  # running from a checkout, not as a Hub dynamic module
-    from features import N_FEATURES, SAMPLE_RATE, extract_windows, load_audio, resample_audio
+    from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE, as_mono_waveform, extract_windows, load_audio, resample_audio
 
 
 class MusicGenreFeatureExtractor(FeatureExtractionMixin):
@@ -39,7 +41,7 @@ class MusicGenreFeatureExtractor(FeatureExtractionMixin):
     Args:
         sampling_rate (`int`, *optional*, defaults to 22050):
             Rate the features are computed at; other rates are resampled to it.
-        clip_seconds (`float`, *optional*, defaults to 5.0):
+        clip_seconds (`float`, *optional*, defaults to `features.CLIP_SECONDS` (5.0)):
             Window length; must match the model's `config.clip_seconds`.
         feature_size (`int`, *optional*, defaults to 59):
             Width of one feature vector.
@@ -47,7 +49,7 @@ class MusicGenreFeatureExtractor(FeatureExtractionMixin):
 
     model_input_names = ["input_features"]
 
-    def __init__(self, sampling_rate=SAMPLE_RATE, clip_seconds=5.0, feature_size=N_FEATURES, **kwargs):
+    def __init__(self, sampling_rate=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, feature_size=N_FEATURES, **kwargs):
         super().__init__(**kwargs)
         self.sampling_rate = int(sampling_rate)
         self.clip_seconds = float(clip_seconds)
@@ -57,7 +59,9 @@ class MusicGenreFeatureExtractor(FeatureExtractionMixin):
         """Features of one waveform or of a list of waveforms.
 
         Args:
-            audio (`np.ndarray` of shape `(samples,)`, or a list of them): mono waveforms.
+            audio (array, or a list of arrays): waveforms as `features.as_mono_waveform` accepts them:
+                float in [-1, 1] or integer PCM, mono `(samples,)` or `(channels, samples)` /
+                `(samples, channels)`. A list of numbers is one waveform; a list of arrays is many.
             sampling_rate (`int`, *optional*): their sample rate; `None` means `self.sampling_rate`.
                 Any other rate is resampled (no torchaudio needed).
             return_tensors (`str`, *optional*): `"pt"` or `"np"`.
@@ -66,7 +70,7 @@ class MusicGenreFeatureExtractor(FeatureExtractionMixin):
             `BatchFeature` with `input_features` of shape `(total_windows, feature_size)` (windows of
             every waveform, in order) and `num_windows` (one count per waveform).
         """
-        waves = audio if isinstance(audio, (list, tuple)) and len(audio) and np.ndim(audio[0]) == 1 else [audio]
+        waves = audio if isinstance(audio, (list, tuple)) and len(audio) and np.ndim(audio[0]) >= 1 else [audio]
         sr = self.sampling_rate if sampling_rate is None else int(sampling_rate)
         feats = [self._windows(as_mono_waveform(w), sr) for w in waves]
         data = {"input_features": np.concatenate(feats).astype(np.float32),
@@ -82,21 +86,6 @@ class MusicGenreFeatureExtractor(FeatureExtractionMixin):
         return load_audio(path, sr=self.sampling_rate)
 
 
-def as_mono_waveform(audio):
-    """A 1-D float32 numpy waveform from an array, tensor or list; raises ValueError otherwise."""
-    if isinstance(audio, torch.Tensor):
-        audio = audio.detach().cpu().numpy()
-    y = np.asarray(audio, dtype=np.float32)
-    if y.ndim != 1:
-        raise ValueError(
-            f"audio: expected a mono waveform of shape (samples,), got shape {y.shape}; "
-            "mix the channels down first, e.g. y.mean(axis=0)"
-        )
-    if y.size == 0:
-        raise ValueError("audio: expected a non-empty waveform, got 0 samples")
-    return y
-
-
 class MusicGenreClassificationPipeline(Pipeline):
     """Genre of a song: `[{"label": genre, "score": probability}, ...]`, best first.
 
@@ -105,7 +94,10 @@ class MusicGenreClassificationPipeline(Pipeline):
     "sampling_rate": rate}` at any rate. Songs of any length are cut into `clip_seconds` windows and
     the window probabilities averaged, as `model.predict_audio` does.
 
-    Call options: `top_k` (default: every genre).
+    Call options: `top_k` (default: every genre). Any other option is an error, as in transformers'
+    own pipelines. One song at a time: `batch_size` > 1 is refused, because transformers' batching
+    collates the *windows* of several songs and would hand one song's windows to another; the
+    model is small, so batching gains little here (`classify.py` batches whole libraries).
     """
 
     _load_processor = False
@@ -123,10 +115,22 @@ class MusicGenreClassificationPipeline(Pipeline):
             )
 
     def _sanitize_parameters(self, top_k=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"audio-classification pipeline: unsupported argument(s) {sorted(kwargs)}; "
+                            "the only option is top_k")
         postprocess = {}
         if top_k is not None:
+            if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+                raise ValueError(f"top_k: expected a positive integer, got {top_k!r}")
             postprocess["top_k"] = int(top_k)
         return {}, {}, postprocess
+
+    def __call__(self, inputs, *args, batch_size=None, **kwargs):
+        size = batch_size if batch_size is not None else self._batch_size
+        if size not in (None, 1):
+            raise ValueError(f"batch_size: this pipeline takes one song at a time (batch_size=1), got {size!r}; "
+                             "pass a list of songs without batch_size, or use classify.py for a library")
+        return super().__call__(inputs, *args, **kwargs)
 
     def preprocess(self, inputs):
         y, sr = self._read(inputs)
@@ -156,7 +160,7 @@ class MusicGenreClassificationPipeline(Pipeline):
         )
 
     def _forward(self, model_inputs):
-        out = self.model(input_features=model_inputs["input_features"], already_normalised=False)
+        out = self.model(input_features=model_inputs["input_features"])
         return {"logits": out.logits, "gate_weights": out.gate_weights}
 
     def postprocess(self, model_outputs, top_k=None):
@@ -178,4 +182,4 @@ def _load_bytes(data, sr):
         os.unlink(path)
 
 
-__all__ = ["MusicGenreFeatureExtractor", "MusicGenreClassificationPipeline", "as_mono_waveform"]
+__all__ = ["MusicGenreFeatureExtractor", "MusicGenreClassificationPipeline"]

@@ -1,5 +1,6 @@
 """The model on its own: shapes, each loss term, input checks, save/load, top-k gating, KAN experts."""
 
+import json
 import math
 
 import numpy as np
@@ -15,7 +16,9 @@ TINY = dict(hidden_size=16, expert_hidden_size=8, expert_output_size=4, gate_hid
 
 
 def tiny(**kw):
+    """A small model with identity stats (mean 0, std 1), so raw features equal z-scores."""
     torch.manual_seed(0)
+    kw = {"feature_mean": np.zeros(59), "feature_std": np.ones(59)} | kw
     return MusicGenreMoE(MusicGenreMoEConfig(**TINY, **kw))
 
 
@@ -123,17 +126,52 @@ def test_predict_single_and_batch_and_list():
         model.predict([1.0, 2.0, 3.0])
 
 
-def test_raw_features_need_real_stats():
-    model = tiny()
-    with pytest.raises(ValueError, match="feature_mean/feature_std"):
-        model.predict(np.zeros(59), already_normalised=False)
+def test_the_model_always_normalises_with_its_own_stats():
+    untrained = tiny(feature_mean=None, feature_std=None)
+    for call in (untrained, untrained.predict):
+        with pytest.raises(ValueError, match="no feature_mean/feature_std"):
+            call(np.zeros((1, 59), np.float32))
     stats = tiny(feature_mean=np.arange(59.0), feature_std=np.full(59, 2.0))
+    identity = tiny()  # same weights (same seed), mean 0 and std 1
     raw = np.arange(59.0) + 2.0
-    a = stats.predict(raw, already_normalised=False)["probabilities"]
-    b = stats.predict(np.ones(59), already_normalised=True)["probabilities"]
+    a = stats.predict(raw)["probabilities"]
+    b = identity.predict(np.ones(59))["probabilities"]  # the z-scores of raw under `stats`
     assert a == pytest.approx(b)
-    with pytest.raises(ValueError, match="must hold 59 values"):
-        MusicGenreMoEConfig(feature_mean=[0.0] * 3)
+    stats.eval(), identity.eval()
+    torch.testing.assert_close(stats(torch.tensor(raw[None], dtype=torch.float32)).logits,
+                               identity(torch.ones(1, 59)).logits)
+    with pytest.raises(TypeError, match="already_normalised"):  # the old flag is gone, not ignored
+        stats(torch.ones(1, 59), already_normalised=True)
+
+
+@pytest.mark.parametrize("field,values,match", [
+    ("feature_mean", [0.0] * 3, "feature_mean must hold 59 values"),
+    ("feature_std", [1.0] * 58 + [0.0], r"feature_std\[58\] must be finite and > 0, got 0.0"),
+    ("feature_std", [1.0] * 58 + [-2.0], r"feature_std\[58\] must be finite and > 0, got -2.0"),
+    ("feature_mean", [0.0] * 58 + [float("nan")], r"feature_mean\[58\] must be finite, got nan"),
+    ("feature_std", [1.0] * 58 + [float("inf")], r"feature_std\[58\] must be finite and > 0, got inf"),
+])
+def test_config_rejects_bad_stats_when_built_and_loaded(tmp_path, field, values, match):
+    with pytest.raises(ValueError, match=match):
+        MusicGenreMoEConfig(**{field: values})
+    good = tiny()
+    good.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg[field] = values
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=match):
+        MusicGenreMoE.from_pretrained(tmp_path)
+
+
+def test_extreme_features_are_refused_naming_row_and_feature():
+    model = tiny()
+    x = np.zeros((3, 59), np.float32)
+    x[1, 57] = 1e30
+    for call in (model, model.predict):
+        with pytest.raises(ValueError, match=r"row 1, feature 57 \(tempo\) is 1e\+30"):
+            call(x)
+    x[1, 57] = 50.0  # far out but plausible: still a finite answer
+    assert np.isfinite(list(model.predict(x)[1]["probabilities"].values())).all()
 
 
 def test_save_pretrained_round_trip(tmp_path):
@@ -155,10 +193,33 @@ def test_few_shot_genre_from_feature_vectors():
     model.set_genre_prototypes(torch.from_numpy(train), np.arange(50) % 5)
     new = rng.normal(loc=6.0, size=(3, 59)).astype(np.float32)
     model.add_genre("surf", new)
-    r = model.predict(new[0], already_normalised=False)
+    r = model.predict(new[0])
     assert "surf" in r["prototype_scores"] and r["predicted_genre"] == "surf"
     with pytest.raises(ValueError, match="already a trained genre"):
         model.add_genre("jazz", new)
+
+
+@pytest.mark.parametrize("name", ["", None, 123, "../../etc/passwd", "a\n---", " lead", "x" * 65])
+def test_add_genre_refuses_bad_names_and_saving_stays_whole(tmp_path, name):
+    model = tiny()
+    with pytest.raises(ValueError, match="genre name: expected"):
+        model.add_genre(name, np.zeros((2, 59), np.float32))
+    assert list(model.config.prototypes) == []
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["prototypes"] == {}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial folder left
+
+
+def test_save_pretrained_is_atomic(tmp_path, monkeypatch):
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    before = (tmp_path / "config.json").read_bytes()
+    model.config.prototypes["surf"] = [0.0] * 59
+    monkeypatch.setattr(type(model.config), "to_json_string", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        model.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").read_bytes() == before  # the old file, not a 0-byte one
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_kan_experts_train_and_regularise():
