@@ -1,0 +1,227 @@
+"""The musicnn front end against what the original (TensorFlow) computes, and its converter.
+
+Known answers come from ``../shared/reference/musicnn-msd-reference.npz`` (see the README beside
+it); those tests skip when ``shared/`` is absent. The conversion test needs the musicnn wheel in
+``.cache/wheels/`` (``.venv/bin/pip download -q --no-deps musicnn==0.1.0 -d .cache/wheels``).
+"""
+
+from __future__ import annotations
+
+import functools
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import convert_musicnn
+import frontend
+from features import resample_audio
+from frontend import (EMBEDDING_SIZE, MUSICNN_N_MELS, MUSICNN_SAMPLE_RATE, PATCH_FRAMES, PATCH_SAMPLES,
+                      load_musicnn, log_mel, log_mel_patches, window_embedding, window_embeddings)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+REFERENCE = SHARED / "reference" / "musicnn-msd-reference.npz"
+DATA = SHARED / "data"
+WHEEL = ROOT / ".cache" / "wheels" / convert_musicnn.WHEEL_NAME
+#: Where the reference's patch sources live under shared/data.
+PATCH_SOURCES = {
+    "Kevin_MacLeod_-_Vibe_Ace.ogg": "cc-music/Kevin_MacLeod_-_Vibe_Ace.ogg",
+    "metal.00001.wav": "gtzan-mini-dev/metal/metal.00001.wav",
+    "classical.00001.wav": "gtzan-mini-dev/classical/classical.00001.wav",
+}
+
+needs_reference = pytest.mark.skipif(not REFERENCE.is_file(), reason=f"reference answers not found at {REFERENCE}")
+
+
+@pytest.fixture(scope="module")
+def net():
+    return load_musicnn()
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return np.load(REFERENCE)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_like_musicnn(path: Path) -> np.ndarray:
+    """musicnn's extractor loads with ``librosa.load(file, sr=16000)`` (mono, librosa's resampler)."""
+    librosa = pytest.importorskip("librosa")
+    y, _ = librosa.load(str(path), sr=MUSICNN_SAMPLE_RATE)
+    return y
+
+
+def _run(net, patches: np.ndarray):
+    with torch.inference_mode():
+        return net(torch.from_numpy(patches))
+
+
+# --------------------------------------------------------------------------------------------
+# Known answers
+# --------------------------------------------------------------------------------------------
+
+
+@needs_reference
+def test_patches_from_audio_match_musicnn(ref):
+    sources = ref["patch_source"]
+    for name, rel in PATCH_SOURCES.items():
+        expected = ref["patches"][sources == name]
+        got = log_mel_patches(_load_like_musicnn(DATA / rel))
+        assert got.shape == expected.shape, name
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4, err_msg=name)
+
+
+@needs_reference
+def test_network_matches_musicnn_on_reference_patches(net, ref):
+    out = _run(net, ref["patches"])
+    # Measured: logits 1.4e-5, taggram 2.6e-6, penultimate 9.7e-6, mean_pool 2.0e-5 (abs).
+    # max_pool: 4.0e-4 at a value of 59 (7e-6 relative) and 2.2e-4 at 1.75, a mid-end channel
+    # whose batch norm multiplies by 75: float32 rounding amplified, TF's and ours alike (a float64
+    # run of this network lands between the two there).
+    for key in ("logits", "taggram", "penultimate", "mean_pool"):
+        np.testing.assert_allclose(getattr(out, key).numpy(), ref[key], rtol=0, atol=5e-5, err_msg=key)
+    np.testing.assert_allclose(out.max_pool.numpy(), ref["max_pool"], rtol=1e-5, atol=5e-4, err_msg="max_pool")
+    with torch.inference_mode():  # embed() is the penultimate layer (batch size changes rounding only)
+        np.testing.assert_allclose(net.embed(torch.from_numpy(ref["patches"][:2])).numpy(),
+                                   out.penultimate[:2].numpy(), rtol=0, atol=1e-5)
+
+
+@needs_reference
+def test_whole_file_taggrams_match_musicnn_extractor(net, ref):
+    # musicnn's extractor(file, model='MSD_musicnn', input_length=3, input_overlap=False):
+    # librosa.load at 16 kHz -> log-mel -> non-overlapping 187-frame patches -> sigmoid(logits).
+    for i, rel in enumerate(ref["files"]):
+        expected = ref[f"file_taggram_{i}"]
+        taggram = _run(net, log_mel_patches(_load_like_musicnn(DATA / str(rel)))).taggram.numpy()
+        assert taggram.shape == expected.shape, rel
+        np.testing.assert_allclose(taggram, expected, rtol=0, atol=1e-3, err_msg=str(rel))
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes, padding and errors
+# --------------------------------------------------------------------------------------------
+
+
+def _tone(seconds: float, sr: int, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    rng = np.random.default_rng(0)
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_log_mel_shapes_and_patch_count():
+    y = _tone(7.0, MUSICNN_SAMPLE_RATE)
+    spec = log_mel(y)
+    assert spec.shape == (1 + y.size // 256, MUSICNN_N_MELS) and spec.dtype == np.float32
+    patches = log_mel_patches(y)
+    assert patches.shape == (spec.shape[0] // PATCH_FRAMES, PATCH_FRAMES, MUSICNN_N_MELS)
+    np.testing.assert_array_equal(patches[1], spec[PATCH_FRAMES:2 * PATCH_FRAMES])
+    # Loud audio: 10000 * float16 would overflow to inf under NumPy 2 without the float32 cast.
+    assert np.isfinite(log_mel(np.clip(y * 100, -1, 1))).all()
+
+
+def test_wrong_sample_rate_is_an_error_naming_it():
+    y = _tone(4.0, 22050)
+    for fn in (log_mel, log_mel_patches):
+        with pytest.raises(ValueError, match="22050"):
+            fn(y, sr=22050)
+
+
+def test_audio_shorter_than_a_patch_is_an_error():
+    assert log_mel_patches(np.zeros(PATCH_SAMPLES, np.float32)).shape == (1, PATCH_FRAMES, MUSICNN_N_MELS)
+    with pytest.raises(ValueError, match=str(PATCH_SAMPLES - 1)):
+        log_mel_patches(np.zeros(PATCH_SAMPLES - 1, np.float32))
+
+
+def test_network_rejects_wrong_input_shape(net):
+    with pytest.raises(ValueError, match=r"\(2, 187, 80\)"):
+        net(torch.zeros(2, PATCH_FRAMES, 80))
+
+
+def test_frozen_network_stays_in_eval_mode(net):
+    parent = torch.nn.Sequential(net)
+    parent.train()
+    assert not any(m.training for m in net.modules())
+    net.frozen = False
+    try:
+        parent.train()
+        assert net.training
+    finally:
+        net.frozen = True
+        net.eval()
+
+
+def test_window_embedding_repeats_a_short_clip(net):
+    sr = 22050
+    clip = _tone(2.0, sr)
+    emb = window_embedding(net, clip, sr)
+    assert emb.shape == (EMBEDDING_SIZE,) and emb.dtype == np.float32 and np.isfinite(emb).all()
+    # What it must equal: resample, repeat the clip up to one patch, one patch's penultimate layer.
+    y16 = resample_audio(clip, sr, MUSICNN_SAMPLE_RATE)
+    padded = np.tile(y16, 2)[:PATCH_SAMPLES]
+    with torch.inference_mode():
+        expected = net.embed(torch.from_numpy(log_mel_patches(padded)))[0].numpy()
+    np.testing.assert_allclose(emb, expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(0,\)"):
+        window_embedding(net, np.zeros(0, np.float32), sr)
+
+
+def test_batched_window_embeddings_equal_one_at_a_time(net):
+    windows = [_tone(2.5, MUSICNN_SAMPLE_RATE, 220.0), _tone(6.5, MUSICNN_SAMPLE_RATE, 880.0)]
+    batched = window_embeddings(net, windows, MUSICNN_SAMPLE_RATE, batch_size=2)
+    assert batched.shape == (2, EMBEDDING_SIZE)
+    for w, row in zip(windows, batched):
+        np.testing.assert_allclose(row, window_embedding(net, w, MUSICNN_SAMPLE_RATE), rtol=0, atol=1e-5)
+    # The 6.5-s window has two patches: its embedding is their mean.
+    with torch.inference_mode():
+        two = net.embed(torch.from_numpy(log_mel_patches(windows[1]))).numpy()
+    assert two.shape[0] == 2
+    np.testing.assert_allclose(batched[1], two.mean(0), rtol=0, atol=1e-5)
+    assert window_embeddings(net, [], MUSICNN_SAMPLE_RATE).shape == (0, EMBEDDING_SIZE)
+
+
+# --------------------------------------------------------------------------------------------
+# The converter
+# --------------------------------------------------------------------------------------------
+
+needs_wheel = pytest.mark.skipif(
+    not WHEEL.is_file(),
+    reason=f"musicnn wheel not at {WHEEL}; run `{convert_musicnn.PIP_COMMAND}` to test the conversion")
+
+
+@needs_wheel
+def test_fresh_conversion_equals_committed_weights(tmp_path):
+    out = tmp_path / "musicnn_msd.safetensors"
+    assert convert_musicnn.main(["--wheel", str(WHEEL.parent), "--out", str(out)]) == 0
+    assert out.read_bytes() == frontend.DEFAULT_WEIGHTS.read_bytes()
+    assert not list(tmp_path.glob("*.tmp"))
+    from safetensors import safe_open
+    with safe_open(str(out), "np") as f:
+        meta = f.metadata()
+        assert meta["license"] == "ISC" and "Universitat Pompeu Fabra 2019" in meta["license_text"]
+        assert set(f.keys()) == {k for k in load_musicnn().state_dict() if not k.endswith("num_batches_tracked")}
+
+
+@needs_wheel
+def test_checkpoint_reader_checks_crc_and_skips_optimiser_state():
+    with zipfile.ZipFile(WHEEL) as zf:
+        index = zf.read(convert_musicnn.CHECKPOINT_PREFIX + ".index")
+        data = bytearray(zf.read(convert_musicnn.CHECKPOINT_PREFIX + ".data-00000-of-00001"))
+    names = convert_musicnn.checkpoint_names(index)
+    # 64 model variables, 84 Adam slots (two for each of the 42 trainable ones: batch-norm moving
+    # averages have none) and Adam's two bias-correction scalars.
+    assert len(names) == 150 and sum(convert_musicnn.is_model_tensor(n) for n in names) == 64
+    assert sum(n.endswith(("/Adam", "/Adam_1")) for n in names) == 84
+    tensors = convert_musicnn.read_checkpoint(index, bytes(data), ["conv2d/kernel"])
+    assert tensors["conv2d/kernel"].shape == (7, 38, 1, 204)
+    entry = convert_musicnn._parse_entry("conv2d/kernel", convert_musicnn.read_table(index)["conv2d/kernel"])
+    data[entry["offset"] + 5] ^= 0xFF
+    with pytest.raises(convert_musicnn.CheckpointError, match="CRC32C"):
+        convert_musicnn.read_checkpoint(index, bytes(data), ["conv2d/kernel"])
+
+
+def test_converter_names_the_pip_command_when_the_wheel_is_missing(tmp_path, capsys):
+    assert convert_musicnn.main(["--wheel", str(tmp_path), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert convert_musicnn.PIP_COMMAND in capsys.readouterr().err
