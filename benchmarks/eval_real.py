@@ -162,10 +162,6 @@ def inner_split(track_labels, train_tracks, s, seed):
 # -- models -----------------------------------------------------------------------------------------
 
 
-def normalised(x, mean, std):
-    return torch.from_numpy((x - mean) / std).float()
-
-
 def new_moe(s, genres, mean, std, init_state=None, seed=0):
     torch.manual_seed(seed)
     config = MusicGenreMoEConfig(id2label=dict(enumerate(genres)), label2id={g: i for i, g in enumerate(genres)},
@@ -181,8 +177,8 @@ def train_moe(data, fit_tracks, val_tracks, s, init_state=None, seed=0):
     fit_rows, val_rows = rows_of(data, fit_tracks), rows_of(data, val_tracks)
     mean, std = train.feature_stats(data.features[fit_rows])
     model = new_moe(s, data.genres, mean, std, init_state, seed)
-    tensors = [(normalised(data.features[r], mean, std), torch.from_numpy(data.labels[r]).long())
-               for r in (fit_rows, val_rows)]
+    tensors = [(torch.from_numpy(data.features[r]).float(), torch.from_numpy(data.labels[r]).long())
+               for r in (fit_rows, val_rows)]  # raw features: the model z-scores with its config's stats
     _, best_epoch = train.fit(model, tensors[0], tensors[1], s, log=lambda *_: None)
     return model, best_epoch
 
@@ -192,7 +188,7 @@ def refit_moe(data, tracks, s, epochs, init_state=None, seed=0):
     rows = rows_of(data, tracks)
     mean, std = train.feature_stats(data.features[rows])
     model = new_moe(s, data.genres, mean, std, init_state, seed)
-    x, y = normalised(data.features[rows], mean, std), torch.from_numpy(data.labels[rows]).long()
+    x, y = torch.from_numpy(data.features[rows]).float(), torch.from_numpy(data.labels[rows]).long()
     train.fit(model, (x, y), None, s, log=lambda *_: None, epochs=epochs)  # fixed epochs, no validation
     return model
 
@@ -201,7 +197,7 @@ def refit_moe(data, tracks, s, epochs, init_state=None, seed=0):
 def moe_window_outputs(model, x_raw):
     """(probs, gates) of raw window features, each (n_windows, num_genres), normalised by the model's config."""
     model.eval()
-    out = model(torch.from_numpy(np.ascontiguousarray(x_raw)).float(), already_normalised=False)
+    out = model(torch.from_numpy(np.ascontiguousarray(x_raw)).float())
     return out.logits.softmax(-1).numpy(), out.gate_weights.numpy()
 
 

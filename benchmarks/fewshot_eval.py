@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fewshot  # noqa: E402
 import train  # noqa: E402
-from ablation_experts import load_recordings, train_fixed_epochs  # noqa: E402
+from ablation_experts import ZSCORED_INPUT, load_recordings, train_fixed_epochs  # noqa: E402
 from configuration import MusicGenreMoEConfig  # noqa: E402
 from modeling import MusicGenreMoE  # noqa: E402
 
@@ -84,7 +84,7 @@ def train_embedder(x, y, config_kwargs, episodic, epochs, seed, genres):
     """A MusicGenreMoE trained on z-scored rows (x, y) of the train genres for a fixed number of epochs."""
     torch.manual_seed(seed)
     config = MusicGenreMoEConfig(id2label=dict(enumerate(genres)), label2id={g: i for i, g in enumerate(genres)},
-                                 **config_kwargs)
+                                 **ZSCORED_INPUT, **config_kwargs)
     model = MusicGenreMoE(config)
     s = train.TrainSettings(seed=seed, episodic=episodic)
     train_fixed_epochs(model, x, y, epochs, s)  # s.episodic adds the prototypical loss

@@ -217,9 +217,9 @@ def test_add_genre_from_audio_files_is_the_mean_window_embedding(audio_model):
     proto = model.add_genre("surf", [str(p) for p in paths])
     windows = np.concatenate([extract_windows(load_audio(p)) for p in paths])
     assert len(windows) == 4  # two 10-s files, two 5-s windows each
-    expected = model.fewshot_embed(torch.from_numpy(windows), already_normalised=False).mean(0)
+    expected = model.fewshot_embed(torch.from_numpy(windows)).mean(0)
     np.testing.assert_allclose(proto, expected.numpy(), rtol=1e-5, atol=1e-6)
-    r = model.predict(windows[0], already_normalised=False)
+    r = model.predict(windows[0])
     assert set(r["prototype_scores"]) == {"jazz", "blues", "rock", "pop", "classical", "surf"}
     assert sum(r["prototype_scores"].values()) == pytest.approx(1.0, abs=1e-5)
     song = model.predict_audio(paths[0])
@@ -261,7 +261,7 @@ def test_episodic_flag_adds_the_prototypical_loss():
     x = torch.randn(80, 59)
     y = torch.arange(80) % 5
     x[:, :5] += 2 * F.one_hot(y, 5)  # a learnable signal
-    model = MusicGenreMoE(MusicGenreMoEConfig(**TINY))
+    model = MusicGenreMoE(MusicGenreMoEConfig(**TINY, feature_mean=np.zeros(59), feature_std=np.ones(59)))
     history, best_epoch = train.fit(model, (x[:60], y[:60]), (x[60:], y[60:]), s, log=lambda *_: None)
     assert len(history["train_proto_loss"]) == 3 and 1 <= best_epoch <= 3
     assert all(np.isfinite(history["val_proto_loss"]))
@@ -286,19 +286,19 @@ def test_prototype_space_is_used_by_add_genre_and_survives_save(space, tmp_path)
     config = MusicGenreMoEConfig(**TINY, feature_mean=mean, feature_std=std, prototype_space=space)
     model = MusicGenreMoE(config).eval()
     z = torch.from_numpy((raw - mean) / std)
-    expected = z if space == "features" else model.embed(z)
-    torch.testing.assert_close(model.fewshot_embed(torch.from_numpy(raw), already_normalised=False), expected,
+    expected = z if space == "features" else model.embed(raw)
+    torch.testing.assert_close(model.fewshot_embed(torch.from_numpy(raw)), expected,
                                rtol=1e-4, atol=1e-4)
     model.set_genre_prototypes(torch.from_numpy(raw), labels)
     proto = model.add_genre("new", raw[:3])
     np.testing.assert_allclose(proto, expected[:3].mean(0).numpy(), rtol=1e-4, atol=1e-4)
-    r = model.predict(raw[:3].mean(0), already_normalised=False)
+    r = model.predict(raw[:3].mean(0))
     if space == "features":  # the mean of the examples sits nearest their own prototype
         assert max(r["prototype_scores"], key=r["prototype_scores"].get) == "new"
     model.save_pretrained(tmp_path)
     loaded = MusicGenreMoE.from_pretrained(tmp_path).eval()
     assert loaded.config.prototype_space == space
-    assert loaded.predict(raw[:3].mean(0), already_normalised=False)["prototype_scores"] == pytest.approx(
+    assert loaded.predict(raw[:3].mean(0))["prototype_scores"] == pytest.approx(
         r["prototype_scores"], abs=1e-6)
 
 
