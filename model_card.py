@@ -10,6 +10,8 @@ import math
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from atomic_files import first_non_finite
+
 TAGS = ["custom_code", "music", "audio", "genre-classification", "music-genre-classification",
         "mixture-of-experts", "moe", "pytorch"]
 
@@ -37,6 +39,9 @@ def check_metrics(metrics):
     """
     if not isinstance(metrics, dict):
         raise MetricsError(f"metrics.json: expected a JSON object, got {type(metrics).__name__}")
+    bad = first_non_finite(metrics)
+    if bad:  # older runs wrote NaN (not JSON, and not a figure to publish)
+        raise MetricsError(f"metrics.json: {bad[0]} is {bad[1]}, not a number the card can publish")
     _fraction(metrics, "test_accuracy")
     _fraction(metrics, "macro_f1")
     ds = metrics.get("dataset")

@@ -6,13 +6,19 @@ matplotlib.use("Agg")  # files only; no display on training machines or in CI
 import matplotlib.pyplot as plt
 import numpy as np
 
+from atomic_files import replacing
+
 GENRE_COLOURS = plt.get_cmap("tab10")
 
 
 def _save(fig, path):
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Write the PNG atomically (a killed run never leaves half a figure under its name), close the figure."""
+    try:
+        fig.tight_layout()
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -147,3 +153,38 @@ def reliability_diagram(centres, acc_before, counts, acc_after, temperature, pat
     ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability (test)", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def genre_timeline(windows, genres, path=None, title="Genre probabilities across the song"):
+    """Stacked genre probabilities of every window of one song, along the song's time axis.
+
+    Args:
+        windows: `model.predict_audio(...)["windows"]`: dicts with `start`/`end` seconds and
+            `probabilities` ({genre: probability}); skipped (silent) stretches stay blank.
+        genres: the genre names to stack, in colour order (e.g. `model.config.genres`).
+        path: also save the figure there as a PNG.
+
+    Returns the matplotlib Figure, left open for the caller (a Gradio plot shows it; close it with
+    `plt.close(fig)` when saving many).
+    """
+    if not windows:
+        raise ValueError("genre_timeline: expected at least one window, got none")
+    starts = np.array([float(w["start"]) for w in windows])
+    widths = np.array([float(w["end"]) - float(w["start"]) for w in windows])
+    probs = np.array([[float(w["probabilities"].get(g, 0.0)) for g in genres] for w in windows])
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    bottom = np.zeros(len(windows))
+    for i, genre in enumerate(genres):
+        ax.bar(starts, probs[:, i], width=widths, bottom=bottom, align="edge", color=GENRE_COLOURS(i % 10),
+               edgecolor="white", linewidth=0.5, label=genre)
+        bottom += probs[:, i]
+    end = float((starts + widths).max())
+    ticks = np.unique(np.concatenate([starts, [end]]))
+    step = max(1, int(np.ceil(len(ticks) / 12)))  # at most about a dozen labels
+    ax.set_xticks(ticks[::step], [f"{int(t // 60)}:{int(t % 60):02d}" for t in ticks[::step]])
+    ax.set(xlim=(0, end), ylim=(0, 1), xlabel="time in the song (m:ss)", ylabel="probability", title=title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
