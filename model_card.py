@@ -64,16 +64,41 @@ def dataset_identity(metrics):
     return str(ds["name"]), f"{ds['name']} (local recordings, one folder per genre)"
 
 
+def headline(metrics):
+    """The card's headline accuracy: whole recordings (windows averaged) where the run has them.
+
+    Returns a dict: accuracy, ci95 (list or None), n, correct (int or None), unit ("recordings" or
+    "clips"). A synthetic clip is its own recording, so its clip accuracy is the track-level one.
+    """
+    t = metrics.get("track_level")
+    if t:
+        return {"accuracy": float(t["test_accuracy"]), "ci95": t.get("test_accuracy_ci95"), "n": t["n_tracks"],
+                "correct": t.get("n_correct"), "unit": "recordings", "macro_f1": float(t["macro_f1"])}
+    n = metrics.get("test_n") or (metrics["dataset"].get("n_tracks") or [None] * 3)[2]
+    return {"accuracy": float(metrics["test_accuracy"]), "ci95": metrics.get("test_accuracy_ci95"), "n": n,
+            "correct": metrics.get("test_correct"), "unit": "clips" if is_synthetic(metrics) else "windows",
+            "macro_f1": float(metrics["macro_f1"])}
+
+
+def _accuracy_text(h):
+    counted = f"{h['correct']} of {h['n']} test {h['unit']}" if h["correct"] is not None else \
+        f"{h['n']} test {h['unit']}"
+    ci = f", 95% Wilson interval {_pct(h['ci95'][0])} to {_pct(h['ci95'][1])}" if h.get("ci95") else ""
+    return f"{_pct(h['accuracy'])} ({counted}{ci})"
+
+
 def eval_results(metrics):
-    """The run's test accuracy and macro F1 as huggingface_hub `EvalResult`s."""
+    """The run's headline test accuracy and macro F1 as huggingface_hub `EvalResult`s."""
     dataset_type, dataset_name = dataset_identity(metrics)
+    h = headline(metrics)
     common = dict(task_type="audio-classification", task_name="Music genre classification",
                   dataset_type=dataset_type, dataset_name=dataset_name, dataset_split="test")
+    level = "whole recordings" if h["unit"] == "recordings" else h["unit"]
     return [
-        EvalResult(metric_type="accuracy", metric_name="Test accuracy",
-                   metric_value=float(metrics["test_accuracy"]), **common),
-        EvalResult(metric_type="f1", metric_name="Macro F1", metric_config="macro",
-                   metric_value=float(metrics["macro_f1"]), **common),
+        EvalResult(metric_type="accuracy", metric_name=f"Test accuracy ({level}, n={h['n']})",
+                   metric_value=h["accuracy"], **common),
+        EvalResult(metric_type="f1", metric_name=f"Macro F1 ({level}, n={h['n']})", metric_config="macro",
+                   metric_value=h["macro_f1"], **common),
     ]
 
 
@@ -101,29 +126,96 @@ def _table(header, rows):
     return "\n".join(lines)
 
 
+def is_gtzan(metrics):
+    return "gtzan" in str(metrics["dataset"].get("name", "")).lower()
+
+
+def uses_section(metrics, genres):
+    research = " for research" if is_gtzan(metrics) else ""
+    return f"""## Intended uses
+
+- Tagging music{research} with one of the genres it was trained on ({', '.join(genres)}), from audio files or
+  waveforms of any length (5-second windows averaged) or from the 59 features.
+- Looking at *why*: the gate weights say which genre experts a clip was routed to.
+- A baseline and a teaching example for Mixture-of-Experts routing and Hub remote code.
+
+## Out-of-scope uses
+
+- Genres other than those above: every input is forced into one of them; there is no "none of these".
+- Decisions about people or money (royalties, playlists that pay artists, content moderation):
+  the error rates below are far too high and too uncertain.
+- Speech, sound effects, or music mixed with speech or noise: nothing of the kind was in training.
+""" + ("- Any commercial use: the training recordings (GTZAN) are licensed for research only.\n"
+       if is_gtzan(metrics) else "")
+
+
+def training_data_section(metrics):
+    ds = metrics["dataset"]
+    n_tracks, n_windows = ds.get("n_tracks"), ds.get("n_windows")
+    size = ""
+    if n_tracks:
+        unit = "clips" if is_synthetic(metrics) else "recordings"
+        size = (f" {sum(n_tracks)} {unit} of {len(ds.get('genres') or [])} genres, split train / validation / test "
+                f"{' / '.join(map(str, n_tracks))} {unit}")
+        if n_windows and not is_synthetic(metrics):
+            size += f" ({' / '.join(map(str, n_windows))} windows)"
+        size += "."
+    if is_synthetic(metrics):
+        name = "Synthetic audio from the project's five procedural generators (`synth.py`): no recordings."
+        terms = "Generated here: no third-party terms apply."
+    elif is_gtzan(metrics):
+        name = f"`{ds['name']}`: recordings from GTZAN (Tzanetakis & Cook, 2002), one folder per genre."
+        terms = ("GTZAN is distributed for research use only; its recordings stay under their owners' "
+                 "copyright. These weights were fitted to it: use them for research only. GTZAN is ordered by "
+                 "artist and holds near-duplicates, so even a split by recording can be optimistic.")
+    else:
+        name = f"`{ds['name']}`: local recordings, one folder per genre."
+        terms = "The recordings' own licences apply; they are not part of this repo."
+    return f"## Training data\n\n- {name}\n- Size:{size or ' not recorded.'}\n- Terms: {terms}\n"
+
+
+def hyperparameters_section(metrics, config):
+    a = metrics.get("train_args") or {}
+    if not a:
+        return ""
+    rows = [("optimiser", f"AdamW, learning rate {a.get('lr')}, weight decay {a.get('weight_decay')}"),
+            ("schedule", f"cosine annealing over {a.get('t_max')} epochs down to {a.get('eta_min')}"),
+            ("epochs", f"at most {a.get('epochs')}, early stopping after {a.get('patience')} epochs without a lower "
+                       f"validation loss; {metrics.get('epochs_run', '?')} run, epoch {metrics.get('best_epoch', '?')} kept"),
+            ("batch size", a.get("batch_size")),
+            ("gradient clipping", f"norm {a.get('grad_clip')}"),
+            ("weight averaging", f"exponential moving average, decay {a.get('ema_decay')} per step"
+                                 if a.get("ema_decay") else "none"),
+            ("losses", f"cross-entropy (label smoothing {config.label_smoothing}) + {config.routing_weight} routing "
+                       f"+ {config.load_balance_weight} load balance + {config.entropy_weight} gate entropy"),
+            ("seed", a.get("seed"))]
+    if a.get("quick"):
+        rows.append(("mode", "`--quick`: a smoke-test run with little data and few epochs, not a result"))
+    return "## Training procedure\n\n" + _table(["setting", "value"], rows) + "\n"
+
+
 def results_section(metrics):
     ds = metrics["dataset"]
-    acc, f1 = metrics["test_accuracy"], metrics["macro_f1"]
-    ci = metrics.get("test_accuracy_ci95")
-    ci_text = f" (95% Wilson interval {_pct(ci[0])} to {_pct(ci[1])})" if ci else ""
-    n_windows = ds.get("n_windows")
+    h = headline(metrics)
     split = ds.get("split", "not recorded")
     out = [
-        "## Results of this run",
+        "## Evaluation",
         "",
         f"- Data: **{dataset_identity(metrics)[1]}**; split: {split}.",
+        f"- **Test accuracy: {_accuracy_text(h)}**; macro F1 {h['macro_f1']:.3f}.",
     ]
-    if n_windows:
-        out.append(f"- Windows ({_clip_word(metrics)}) train / validation / test: "
-                   f"{' / '.join(str(n) for n in n_windows)}.")
-    out += [
-        f"- Test accuracy: **{_pct(acc)}**{ci_text}; macro F1: **{f1:.3f}**.",
-    ]
-    if "track_level" in metrics:
-        t = metrics["track_level"]
-        out.append(f"- Whole recordings ({t['n_tracks']} test recordings, windows averaged): accuracy "
-                   f"{_pct(t['test_accuracy'])} (95% interval {_pct(t['test_accuracy_ci95'][0])} to "
-                   f"{_pct(t['test_accuracy_ci95'][1])}), macro F1 {t['macro_f1']:.3f}.")
+    if h["unit"] == "recordings":
+        out.append(f"- Per {_clip_word(metrics)} window (not independent: several come from one recording): "
+                   f"accuracy {_pct(metrics['test_accuracy'])} over {metrics.get('test_n', '?')} windows.")
+    if h.get("n"):
+        out.append(f"- With {h['n']} test {h['unit']}, one {h['unit'][:-1]} moves accuracy by "
+                   f"{100 / h['n']:.1f} points.")
+    cv = metrics.get("cross_validation")
+    if cv:
+        ci = cv.get("ci95")
+        ci_text = f", 95% interval {_pct(ci[0])} to {_pct(ci[1])}" if ci else ""
+        out.append(f"- Cross-validated ({cv['folds']} folds by recording, {cv['n_tracks']} recordings): accuracy "
+                   f"{_pct(cv['accuracy'])}{ci_text}.")
     per_genre = metrics.get("per_genre") or {}
     if per_genre:
         sa = metrics.get("self_activation", {})
@@ -132,8 +224,9 @@ def results_section(metrics):
         for g, r in per_genre.items():
             rows.append([g, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
                          _fmt(r.get("roc_auc")), _fmt(sa.get(g)), _fmt(usage.get(g)), r.get("support", "")])
-        out += ["", "Per genre on the test split (self-activation: mean gate weight of the genre's own expert "
-                "on that genre's clips; usage: mean gate weight of that expert over all test clips):", "",
+        out += ["", f"Per genre on the test {h['unit'] if h['unit'] == 'clips' else 'windows'} (self-activation: "
+                "mean gate weight of the genre's own expert on that genre's test inputs; usage: mean gate weight of "
+                "that expert over all of them):", "",
                 _table(["genre", "precision", "recall", "F1", "ROC AUC", "self-activation", "expert usage",
                         "support"], rows)]
     out += ["", *specialisation_lines(metrics), *calibration_lines(metrics)]
@@ -141,7 +234,7 @@ def results_section(metrics):
 
 
 def _clip_word(metrics):
-    return "one per synthetic clip" if is_synthetic(metrics) else "clip-length cuts of the recordings"
+    return "one per synthetic clip" if is_synthetic(metrics) else "clip-length"
 
 
 def _fmt(x):
@@ -170,32 +263,32 @@ def calibration_lines(metrics):
         return []
     if not c.get("temperature_fitted", True):
         return [f"- Calibration on the test split: NLL {c['nll']:.3f}, ECE {c['ece']:.3f}. No temperature was "
-                f"fitted: the validation split had no misclassified clip, so its NLL has no minimum."]
+                f"fitted: the validation split had no misclassified input, so its NLL has no minimum."]
     return [f"- Calibration on the test split: NLL {c['nll']:.3f}, ECE {c['ece']:.3f}; after temperature "
             f"scaling (T = {c['temperature']:.2f}, fitted on validation): NLL {c['nll_scaled']:.3f}, "
             f"ECE {c['ece_scaled']:.3f}. The published model outputs the unscaled probabilities."]
 
 
 def meaning_section(metrics):
+    h = headline(metrics)
     if is_synthetic(metrics):
         body = (
             "These figures come from **synthetic audio**: five procedural generators (`synth.py`), one per "
-            "genre. High accuracy there is expected by construction (a full run reaches close to 100%); it "
-            "shows that audio loading, the 59 features, normalisation, the experts, the gate and the export "
-            "all work end to end. It "
-            "says **nothing** about how well the model recognises genres in real music: real recordings "
-            "are far more varied than five signal generators, and a model trained only on synthetic clips "
-            "should be expected to do poorly on them. Train on real recordings (`python train.py --data-dir DIR` "
-            "in the project source) before relying on the predictions.")
+            f"genre, which are easy to tell apart by construction (this run: {_pct(h['accuracy'])}). They "
+            "show that audio loading, the 59 features, normalisation, the experts, the gate and the export "
+            "work end to end. They say **nothing** about how well the model recognises genres in real music: "
+            "real recordings are far more varied than five signal generators, and a model trained only on "
+            "synthetic clips should be expected to do poorly on them. Train on real recordings "
+            "(`python train.py --data-dir DIR` in the project source) before relying on the predictions.")
         if (metrics.get("train_args") or {}).get("quick"):
             body += (" This run is a quick run (`train.py --quick`: few clips, few epochs), made for smoke "
-                     "tests; its figures are lower than a full run's and are not a result.")
+                     "tests; its figures are not a result.")
     else:
         body = (
             f"These figures come from real recordings in `{metrics['dataset']['name']}`, split by recording "
-            "so that no cut of a test recording was seen in training. Small test sets give wide "
-            "intervals (shown above): one clip out of 25 moves accuracy by 4 points. Recordings from other "
-            "sources, genres outside the trained ones, and mixed-genre tracks will do worse.")
+            f"so that no window of a test recording was seen in training. {h['n']} test {h['unit']} give the "
+            "interval above; recordings from other sources, genres outside the trained ones and mixed-genre "
+            "tracks will do worse.")
     return "## What these numbers mean\n\n" + body
 
 
@@ -204,22 +297,26 @@ def usage_section(repo_id, genres, num_features):
     return f"""## How to use
 
 Needs `torch` and `transformers` (and `safetensors`); `librosa` and `soundfile` only for audio input.
+`trust_remote_code=True` runs this repo's Python files on your machine: read them, and pin the
+commit you read with `revision=` (a commit hash from the repo's history), so that a later push
+cannot change the code you run.
 
 ```python
 from transformers import AutoModel
 
-model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)
+REVISION = "..."  # the commit hash you reviewed (Files and versions -> History)
+model = AutoModel.from_pretrained("{repo_id}", revision=REVISION, trust_remote_code=True)
 ```
 
 ### Predict from feature vectors
 
-The input is the {num_features}-dim vector of `features.extract_features` (seed order: MFCC means,
+The input is the raw {num_features}-dim vector of `features.extract_features` (seed order: MFCC means,
 MFCC stds, chroma, centroid, bandwidth, rolloff, ZCR, RMS, tempo, harmonic ratio), one `({num_features},)`
-vector or a `(batch, {num_features})` array, tensor or list.
+vector or a `(batch, {num_features})` array, tensor or list. The model z-scores it with the training
+statistics stored in `config.json`.
 
 ```python
-result = model.predict(raw_features, already_normalised=False)  # z-scored with the stats in config.json
-result = model.predict(zscored_features)                         # already normalised (the default)
+result = model.predict(features)
 # {{"predicted_genre": "{genres[0]}", "confidence": 0.93,
 #  "probabilities": {{{example}}}, "gate_weights": {{{example}}}}}
 ```
@@ -243,7 +340,7 @@ and gate weights averaged.
 ```python
 from transformers import pipeline
 
-classify = pipeline(model="{repo_id}", trust_remote_code=True)   # task read from config.json
+classify = pipeline(model="{repo_id}", revision=REVISION, trust_remote_code=True)  # task from config.json
 classify("song.mp3")                                          # [{{"label": "{genres[0]}", "score": 0.93}}, ...]
 classify({{"raw": waveform, "sampling_rate": 44100}})           # or {{"array": ..., "sampling_rate": ...}}
 ```
@@ -272,19 +369,30 @@ smoothing {c.label_smoothing}), the Switch load-balance term ({c.load_balance_we
 entropy term ({c.entropy_weight}). {n_parameters:,} parameters.
 
 Genres: {genres}. Features are computed at {c.sampling_rate} Hz on {c.clip_seconds:g}-second windows and
-z-scored with the training split's mean and standard deviation, stored in `config.json`.
+z-scored inside the model with the training split's mean and standard deviation, stored in `config.json`.
 """
 
 
 def limits_section(metrics):
-    return """## Limits
-
-- It only knows the genres above; anything else is forced into one of them.
-- The features are clip-level summaries (means and standard deviations over time): rhythm
-  evolution and song structure are invisible to it.
-- Probabilities are not calibrated beyond what the calibration figures above show.
-- Tempo and chroma estimates become unreliable on very short clips (under a few seconds).
-""" + ("- Trained on synthetic audio only: see *What these numbers mean*.\n" if is_synthetic(metrics) else "")
+    h = headline(metrics)
+    lines = [
+        "## Limitations",
+        "",
+        "- It only knows the genres above; anything else is forced into one of them.",
+        "- The features are clip-level summaries (means and standard deviations over time): rhythm "
+        "evolution, song structure, lyrics and production era are invisible to it.",
+        f"- The test set is small ({h['n']} {h['unit']}): the accuracy interval above is wide, and the per-genre "
+        "figures rest on a handful of inputs each.",
+        "- The probabilities are the model's raw softmax; see the calibration line above before reading them "
+        "as confidences.",
+        "- Tempo and chroma estimates become unreliable on very short clips (under a few seconds).",
+    ]
+    if is_synthetic(metrics):
+        lines.append("- Trained on synthetic audio only: see *What these numbers mean*.")
+    if is_gtzan(metrics):
+        lines.append("- GTZAN is small, ordered by artist and known to hold repeated and mislabelled excerpts; "
+                     "results on it overstate accuracy on other music.")
+    return "\n".join(lines) + "\n"
 
 
 def files_section(files):
@@ -305,11 +413,22 @@ def files_section(files):
     return "## Files\n\n" + "\n".join(rows) + "\n"
 
 
+# Every figure train.py writes, with what it shows; the card lists those the export holds.
+FIGURE_CAPTIONS = {
+    "confusion_matrix.png": "Confusion matrix of the test split",
+    "expert_gates.png": "Mean gate weight per genre and expert, and each genre's self-activation",
+    "radar_charts.png": "Gate weights per genre as a routing profile (the heat map above, one polar plot per genre)",
+    "roc_curves.png": "One-vs-rest ROC curves of the test split, AUC per genre",
+    "calibration.png": "Reliability diagram of the test split",
+    "training_curves.png": "Loss terms and accuracy per epoch, the kept epoch marked",
+    "feature_importance.png": "Input-gradient importance per feature and feature group",
+    "genre_spectrograms.png": "Waveform and log-mel spectrogram (dB) of one training clip per genre",
+}
+
+
 def figures_section(figures):
-    wanted = [("confusion_matrix.png", "Confusion matrix (test split)"),
-              ("expert_gates.png", "Gate weights per genre and self-activation"),
-              ("calibration.png", "Reliability diagram")]
-    lines = [f"![{title}](figures/{name})" for name, title in wanted if name in figures]
+    lines = [f"![{FIGURE_CAPTIONS.get(name, name)}](figures/{name})\n\n*{FIGURE_CAPTIONS.get(name, name)}.*"
+             for name in figures]
     return ("## Figures\n\n" + "\n\n".join(lines) + "\n") if lines else ""
 
 
@@ -322,7 +441,7 @@ def build_model_card(metrics, config, *, repo_id, n_parameters, files, figures=(
         repo_id (`str`): used in the code examples (e.g. "user/music-genre-moe").
         n_parameters (`int`): parameter count of the exported model.
         files (`list[str]`): every file of the export besides README.md.
-        figures (`list[str]`): PNG names copied under `figures/`.
+        figures (`list[str]`): PNG names copied under `figures/` (only these are shown).
         has_notebook (`bool`): whether `walkthrough.ipynb` is part of the export.
 
     Returns:
@@ -333,24 +452,28 @@ def build_model_card(metrics, config, *, repo_id, n_parameters, files, figures=(
     data = card_data(metrics, name)
     notebook = ("\nThe notebook `walkthrough.ipynb` in this repo walks through data, training, evaluation and "
                 "prediction top to bottom; it renders on this page and opens in Colab.\n" if has_notebook else "")
-    acc = _pct(metrics["test_accuracy"])
+    h = headline(metrics)
     data_word = "synthetic audio" if is_synthetic(metrics) else f"recordings in `{metrics['dataset']['name']}`"
     body = "\n".join([
         f"# {name}",
         "",
         f"A Mixture-of-Experts music genre classifier ({', '.join(config.genres)}) on a 59-dim audio "
         f"feature vector, with one expert per genre and a gate whose weights show which experts a clip "
-        f"was routed to. This run: test accuracy {acc}, macro F1 {metrics['macro_f1']:.3f} on {data_word}.",
+        f"was routed to. This run, on {data_word}: test accuracy {_accuracy_text(h)}.",
         notebook,
+        uses_section(metrics, config.genres),
+        training_data_section(metrics),
+        hyperparameters_section(metrics, config),
         results_section(metrics),
         "",
         meaning_section(metrics),
         "",
+        limits_section(metrics),
         usage_section(repo_id, config.genres, config.num_features),
         architecture_section(config, n_parameters),
-        limits_section(metrics),
         figures_section(figures),
         files_section(files),
-        "## License\n\nMIT.\n",
+        "## License\n\nMIT (code and weights)" + ("; the training data's research-only terms above still "
+                                                   "apply to what the weights learned.\n" if is_gtzan(metrics) else ".\n"),
     ])
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")

@@ -17,7 +17,6 @@ so windows of one track never sit on both sides of a split.
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
 import shutil
@@ -561,17 +560,11 @@ def fit(model, train, val, s, log=print, epochs=None):
 # -- evaluation -------------------------------------------------------------------------------------
 
 
-# Whether MusicGenreMoE.forward z-scores its input with config.feature_mean/std (issue 11's contract)
-# or still takes z-scored rows by default; train.py feeds whichever the model expects.
-_MODEL_ZSCORES = "already_normalised" not in inspect.signature(MusicGenreMoE.forward).parameters
-
-
 def model_inputs(sp):
-    """The split tensors as the model takes them: raw features (it z-scores them with its config)."""
-    if _MODEL_ZSCORES:
-        return sp.tensors
-    mean, std = torch.from_numpy(sp.mean), torch.from_numpy(sp.std)
-    return [((x - mean) / std, y) for x, y in sp.tensors]
+    """The split tensors as the model takes them: raw features, which it z-scores with the stats in
+    its config (`build_model` puts the training split's there), so training, evaluation and every
+    later caller feed the model the same way."""
+    return sp.tensors
 
 
 @torch.no_grad()
@@ -593,9 +586,8 @@ def input_gradient_importance(model, x, y):
     x = x.clone().requires_grad_(True)
     logits = model(x).logits
     logits.gather(1, y[:, None]).sum().backward()
-    grad = x.grad.abs()
-    if _MODEL_ZSCORES:
-        grad = grad * torch.as_tensor(model.config.feature_std, dtype=grad.dtype)
+    # The model takes raw features: scale each gradient by its feature's training std (d/dz = std * d/dx).
+    grad = x.grad.abs() * torch.as_tensor(model.config.feature_std, dtype=x.grad.dtype)
     return grad.mean(0).numpy()
 
 

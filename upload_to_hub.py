@@ -107,14 +107,11 @@ def load_model(src):
 
 
 def _model_from_checkpoint(path, config_class, model_class):
-    import numpy as np
     import torch
 
-    # weights_only keeps unpickling safe; train.py stores the stats as numpy arrays, so allow those.
-    numpy_types = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,
-                   *(type(np.dtype(t)) for t in (np.float32, np.float64, np.int64))]
-    with torch.serialization.safe_globals(numpy_types):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    # train.py's checkpoint holds only tensors and plain types: weights_only reads it and refuses
+    # any other pickled object (which could run code) instead of executing it.
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     missing = {"model_state_dict", "config"} - set(ckpt if isinstance(ckpt, dict) else ())
     if missing:
         raise UploadError(f"checkpoint {path}: expected keys model_state_dict and config, missing {sorted(missing)}")

@@ -9,6 +9,7 @@ server speaking the Hub API, through the real huggingface_hub client.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -139,6 +140,71 @@ def test_model_card_carries_the_runs_metrics(export_dir, quick_run):
     assert "synthetic audio" in text and "pipeline(" in text and "predict_audio" in text
     if (export_dir / "walkthrough.ipynb").exists():
         assert "walkthrough.ipynb" in text
+    n = metrics["test_n"]
+    assert f"{metrics['test_correct']} of {n} test clips" in text and "95% Wilson interval" in text
+    for heading in ("## Intended uses", "## Out-of-scope uses", "## Training data", "## Training procedure",
+                    "## Evaluation", "## Limitations"):
+        assert heading in text, heading
+    assert 'revision=REVISION, trust_remote_code=True' in text
+    assert "already_normalised" not in text
+    shown = set(re.findall(r"\]\(figures/([\w.]+)\)", text))
+    assert shown == {p.name for p in (export_dir / "figures").iterdir()}  # every figure there, none missing
+
+
+def real_metrics(name="gtzan-mini-dev", n_tracks=25, correct=21, cv=None):
+    """metrics.json of a --data-dir run as train.py writes it (window and track level)."""
+    genres = ["blues", "classical", "jazz", "pop", "rock"]
+    per = {g: {"precision": 0.8, "recall": 0.8, "f1": 0.8, "support": 30, "roc_auc": 0.9} for g in genres}
+    m = {"test_accuracy": 0.7, "test_accuracy_ci95": [0.62, 0.77], "macro_f1": 0.69, "test_n": 150,
+         "test_correct": 105, "per_genre": per, "self_activation": {g: 0.6 for g in genres},
+         "mean_self_activation": 0.6, "expert_usage": {g: 0.2 for g in genres},
+         "track_level": {"test_accuracy": correct / n_tracks, "test_accuracy_ci95": [0.653, 0.936],
+                         "macro_f1": 0.838, "n_tracks": n_tracks, "n_correct": correct},
+         "dataset": {"name": name, "source": "data-dir", "genres": genres, "n_tracks": [75, 25, n_tracks],
+                     "n_windows": [450, 150, 150], "split": "stratified by recording, proportions 60,20,20, seed 0",
+                     "skipped": []},
+         "train_args": {"lr": 0.003, "weight_decay": 1e-4, "t_max": 120, "eta_min": 1e-5, "epochs": 120,
+                        "patience": 20, "batch_size": 64, "grad_clip": 1.0, "ema_decay": 0.995, "seed": 0},
+         "epochs_run": 60, "best_epoch": 40}
+    if cv:
+        m["cross_validation"] = cv
+    return m
+
+
+def build_card(metrics, figures=()):
+    from configuration import MusicGenreMoEConfig
+    from model_card import build_model_card
+
+    genres = metrics["dataset"]["genres"]
+    config = MusicGenreMoEConfig(id2label=dict(enumerate(genres)), label2id={g: i for i, g in enumerate(genres)})
+    return build_model_card(metrics, config, repo_id=REPO, n_parameters=1000, files=["config.json"],
+                            figures=list(figures))
+
+
+def test_card_headline_is_track_level_with_n_and_interval():
+    card = build_card(real_metrics())
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert results["accuracy"].metric_value == 21 / 25 and "n=25" in results["accuracy"].metric_name
+    text = card.text
+    assert "84.0% (21 of 25 test recordings, 95% Wilson interval 65.3% to 93.6%)" in text
+    assert "one recording moves accuracy by 4.0 points" in text
+    assert "70.0% over 150 windows" in text  # the window figure is still there, labelled as such
+    text12 = build_card(real_metrics(n_tracks=12, correct=9)).text
+    assert "one recording moves accuracy by 8.3 points" in text12 and "4 points" not in text12
+    assert "Cross-validated" not in text
+    cv = {"accuracy": 0.8, "ci95": [0.67, 0.888], "n_tracks": 50, "folds": 5}
+    assert "Cross-validated (5 folds by recording, 50 recordings): accuracy 80.0%, 95% interval 67.0% to 88.8%" \
+        in build_card(real_metrics(cv=cv)).text
+
+
+def test_card_states_data_terms_hyperparameters_and_only_existing_figures():
+    text = build_card(real_metrics(), figures=["confusion_matrix.png"]).text
+    assert "research use only" in text and "commercial use" in text
+    assert "AdamW, learning rate 0.003" in text and "60 run, epoch 40 kept" in text
+    assert "125 recordings of 5 genres, split train / validation / test 75 / 25 / 25 recordings" in text
+    assert text.count("](figures/") == 1 and "figures/confusion_matrix.png" in text
+    other = build_card(real_metrics(name="my-recordings")).text
+    assert "research use only" not in other and "own licences" in other and "## Figures" not in other
 
 
 def test_default_config_json_is_current(tmp_path):
@@ -169,7 +235,7 @@ def write_audio_files(folder, sr=44100):
 def test_fresh_process_loads_predicts_and_runs_the_pipeline(export_dir, trained_model, tmp_path):
     x = torch.randn(16, trained_model.config.num_features, generator=torch.Generator().manual_seed(3)) * 50
     with torch.no_grad():
-        expected = trained_model(x, already_normalised=False).logits
+        expected = trained_model(x).logits
     np.save(tmp_path / "x.npy", x.numpy())
     np.save(tmp_path / "logits.npy", expected.numpy())
     write_audio_files(tmp_path)
@@ -188,12 +254,12 @@ def test_fresh_process_loads_predicts_and_runs_the_pipeline(export_dir, trained_
         out["root_config"] = [type(root).__name__, root.has_feature_stats, root.num_labels]
         model = AutoModel.from_pretrained(export, trust_remote_code=True).eval()
         with torch.no_grad():
-            out["logits_equal"] = torch.equal(model(x, already_normalised=False).logits, expected)
+            out["logits_equal"] = torch.equal(model(x).logits, expected)
         audio_model = AutoModelForAudioClassification.from_pretrained(export, trust_remote_code=True).eval()
         with torch.no_grad():
-            out["audio_model_equal"] = torch.equal(audio_model(x, already_normalised=False).logits, expected)
-        one = model.predict(x[0], already_normalised=False)
-        batch = model.predict(x.numpy().tolist(), already_normalised=False)
+            out["audio_model_equal"] = torch.equal(audio_model(x).logits, expected)
+        one = model.predict(x[0])
+        batch = model.predict(x.numpy().tolist())
         out["predict_keys"] = sorted(one)
         out["batch_len"] = len(batch)
         out["batch_first_equal"] = all(abs(batch[0]["probabilities"][g] - p) < 1e-5
@@ -242,10 +308,37 @@ def test_fresh_process_loads_predicts_and_runs_the_pipeline(export_dir, trained_
     assert result["files"]["flac"][0]["label"] == result["files"]["wav"][0]["label"]
 
 
+def test_run_model_folder_loads_with_automodel_and_pipeline(quick_run, trained_model, tmp_path):
+    """A run's hf_model/ is a complete remote-code folder: no export step needed to load it."""
+    hf = quick_run / "hf_model"
+    x = torch.randn(4, trained_model.config.num_features, generator=torch.Generator().manual_seed(9)) * 20
+    with torch.no_grad():
+        expected = trained_model(x).logits
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "logits.npy", expected.numpy())
+    paths = write_audio_files(tmp_path)
+    result = run_script(f"""
+        import json
+        import numpy as np, torch
+        from transformers import AutoModel, pipeline
+        model = AutoModel.from_pretrained({str(hf)!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            same = torch.allclose(model(torch.from_numpy(np.load("x.npy"))).logits,
+                                  torch.from_numpy(np.load("logits.npy")), atol=1e-6)
+        pipe = pipeline(model={str(hf)!r}, trust_remote_code=True)
+        preds = pipe({str(paths["wav"])!r})
+        song = model.predict_audio({str(paths["wav"])!r})
+        print(json.dumps({{"same": same, "pipeline": type(pipe).__name__, "labels": [p["label"] for p in preds],
+                          "top": preds[0]["label"], "song": song["predicted_genre"]}}))
+    """, tmp_path, clean_env(tmp_path))
+    assert result["same"] and result["pipeline"] == "MusicGenreClassificationPipeline"
+    assert set(result["labels"]) == set(trained_model.config.genres) and result["top"] == result["song"]
+
+
 def test_loads_and_predicts_with_only_torch_and_transformers(export_dir, trained_model, tmp_path):
     x = torch.randn(4, trained_model.config.num_features, generator=torch.Generator().manual_seed(5)) * 50
     with torch.no_grad():
-        probs = trained_model(x, already_normalised=False).logits.softmax(-1)
+        probs = trained_model(x).logits.softmax(-1)
     np.save(tmp_path / "x.npy", x.numpy())
     np.save(tmp_path / "probs.npy", probs.numpy())
     hide = tmp_path / "hide"
@@ -267,7 +360,7 @@ def test_loads_and_predicts_with_only_torch_and_transformers(export_dir, trained
                 out[name] = "hidden"
         model = AutoModel.from_pretrained({str(export_dir)!r}, trust_remote_code=True)
         x = np.load("x.npy")
-        preds = model.predict(x, already_normalised=False)
+        preds = model.predict(x)
         expected = np.load("probs.npy")
         out["probs_close"] = all(np.allclose([p["probabilities"][g] for g in model.config.genres], e, atol=1e-6)
                                  for p, e in zip(preds, expected))
