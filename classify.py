@@ -33,6 +33,7 @@ import glob
 import inspect
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -142,6 +143,10 @@ def resolve_model(spec: str) -> Tuple[str, str]:
 def load_model(spec: str):
     """The model in eval mode, from anything `resolve_model` accepts (errors as UsageError)."""
     kind, target = resolve_model(spec)
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load (and per Ray worker) is noise
     try:
         if kind == "remote":
             from transformers import AutoModel
@@ -161,6 +166,9 @@ def load_model(spec: str):
     except Exception as exc:  # torch, safetensors, transformers and the Hub raise many types
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"--model {spec}: cannot load ({type(exc).__name__}: {msg})") from exc
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     model.eval()
     c = model.config
     if getattr(c, "feature_mean", None) is None or getattr(c, "feature_std", None) is None:
@@ -697,6 +705,9 @@ def summary(outputs: Outputs, new: int, failed: int, skipped: int, ignored: int,
 
 
 def main(argv=None) -> int:
+    # Unreadable files are reported in the errors file and the summary; batch_features' per-file
+    # warnings would only repeat them on the terminal, through the progress bar.
+    logging.getLogger("batch_features").setLevel(logging.ERROR)
     try:
         args = parse_args(argv)
         v = validate(args)
