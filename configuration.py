@@ -11,8 +11,15 @@ from transformers import PretrainedConfig
 
 try:
     from .features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE
+    from .frontend import EMBEDDING_SIZE
 except ImportError:  # running from a checkout, not as a Hub dynamic module
     from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE
+    from frontend import EMBEDDING_SIZE
+
+#: Where few-shot prototypes can live (see the `prototype_space` argument).
+PROTOTYPE_SPACES = ("features", "frontend", "embedding")
+#: Front ends the model knows -> width of their per-window embedding.
+FRONTEND_SIZES = {"none": 0, "musicnn": EMBEDDING_SIZE}
 
 # The seed's five genres, in the seed's order. synth.GENRE_GENERATORS follows this order; a test
 # keeps the two in step.
@@ -71,26 +78,36 @@ class MusicGenreMoEConfig(PretrainedConfig):
             Unused by the default init (PyTorch's Kaiming-uniform init trains this small network
             better); kept for transformers' tooling.
         feature_mean (`list[float]` or `None`, *optional*):
-            Per-feature mean of the training split, length `num_features`. `None` until trained.
+            Per-input mean of the training split, length `input_size` (the 59 features, then the
+            front end's embedding if any). `None` until trained. Checked when built or loaded: finite.
         feature_std (`list[float]` or `None`, *optional*):
-            Per-feature standard deviation of the training split, length `num_features`.
+            Per-input standard deviation of the training split, length `input_size`; finite and > 0.
         sampling_rate (`int`, *optional*, defaults to 22050):
             Sample rate the features were computed at; audio is resampled to it.
         clip_seconds (`float`, *optional*, defaults to 5.0):
             Length of one analysis window. Songs are cut into windows of this length and the window
             predictions averaged: 5 s holds two to four bars at common tempi, enough for a stable
             tempo and chroma estimate, and gives six windows per 30-s GTZAN clip.
+        frontend (`str`, *optional*, defaults to `"none"`):
+            `"none"`: the model reads the 59 window features only. `"musicnn"`: each window also goes
+            through the pretrained musicnn MSD network (`frontend.py`, Pons & Serra 2019; its weights
+            live in the model's safetensors) and its 200-d penultimate embedding, averaged over the
+            window's 3-s patches, joins the 59 features before the encoder (`input_size` 259).
+        freeze_frontend (`bool`, *optional*, defaults to `True`):
+            Keep the front end's weights fixed (and its batch norms in eval mode) while training: 25-300
+            labelled recordings are far too few to fine-tune a 790k-parameter network.
         prototypes (`dict[str, list[float]]`, *optional*, defaults to `{}`):
             Few-shot genres added with `model.add_genre`: genre name -> mean of the examples'
             windows in the `prototype_space`.
         prototype_space (`str`, *optional*, defaults to `"features"`):
-            Where few-shot prototypes live: `"features"`, the z-scored feature vector, or
-            `"embedding"`, the fused expert embedding. `"features"` is the default because it
-            names unseen genres far better (benchmarks/fewshot_eval.py on gtzan-mini-dev, 5-way
-            5-shot: 0.783 against 0.373 on the held-out genres, 0.627 against 0.433 in the
-            development direction): the routing term shapes the fused embedding into five
-            genre directions, which has no room for a sixth. Prototypes made in one space are
-            meaningless in the other.
+            Where few-shot prototypes live: `"features"`, the z-scored model input (the 59 features,
+            and the front end's embedding when there is one); `"frontend"`, the z-scored front-end
+            embedding alone (needs a front end); or `"embedding"`, the fused expert embedding.
+            Without a front end `"features"` names unseen genres far better than `"embedding"`
+            (benchmarks/fewshot_eval.py on gtzan-mini-dev, 5-way 5-shot: 0.783 against 0.373 on
+            the held-out genres): the routing term shapes the fused embedding into one direction per
+            trained genre, which has no room for a new one. Prototypes made in one space are
+            meaningless in another.
         id2label / label2id (`dict`, *optional*):
             The trained genres; defaults to `DEFAULT_GENRES`.
     """
@@ -126,6 +143,8 @@ class MusicGenreMoEConfig(PretrainedConfig):
         clip_seconds=CLIP_SECONDS,
         prototypes=None,
         prototype_space="features",
+        frontend="none",
+        freeze_frontend=True,
         **kwargs,
     ):
         if "id2label" not in kwargs and "num_labels" not in kwargs:
@@ -152,8 +171,12 @@ class MusicGenreMoEConfig(PretrainedConfig):
         self.routing_weight = routing_weight
         self.kan_reg_weight = kan_reg_weight
         self.initializer_range = initializer_range
-        self.feature_mean = _stats_list(feature_mean, "feature_mean", self.num_features)
-        self.feature_std = _stats_list(feature_std, "feature_std", self.num_features)
+        if frontend not in FRONTEND_SIZES:
+            raise ValueError(f"frontend must be one of {sorted(FRONTEND_SIZES)}, got {frontend!r}")
+        self.frontend = frontend
+        self.freeze_frontend = bool(freeze_frontend)
+        self.feature_mean = _stats_list(feature_mean, "feature_mean", self.input_size)
+        self.feature_std = _stats_list(feature_std, "feature_std", self.input_size)
         self.sampling_rate = int(sampling_rate)
         self.clip_seconds = float(clip_seconds)
         self.prototypes = {str(k): [float(x) for x in v] for k, v in (prototypes or {}).items()}
@@ -162,9 +185,13 @@ class MusicGenreMoEConfig(PretrainedConfig):
         self._validate()
 
     def _validate(self):
-        if self.prototype_space not in ("features", "embedding"):
-            raise ValueError(f"prototype_space must be 'features' or 'embedding', got {self.prototype_space!r}")
-        width = self.num_features if self.prototype_space == "features" else self.expert_output_size
+        if self.prototype_space not in PROTOTYPE_SPACES:
+            raise ValueError(f"prototype_space must be one of {', '.join(map(repr, PROTOTYPE_SPACES))}, "
+                             f"got {self.prototype_space!r}")
+        if self.prototype_space == "frontend" and self.frontend == "none":
+            raise ValueError("prototype_space 'frontend' needs a front end (frontend='musicnn'), got frontend='none'")
+        width = {"features": self.input_size, "frontend": self.frontend_size,
+                 "embedding": self.expert_output_size}[self.prototype_space]
         wrong = {name: len(v) for name, v in self.prototypes.items() if len(v) != width}
         if wrong:  # e.g. prototypes saved in the fused-embedding space by an older version
             raise ValueError(f"prototypes in prototype_space {self.prototype_space!r} must have {width} values, "
@@ -186,6 +213,16 @@ class MusicGenreMoEConfig(PretrainedConfig):
     def genres(self):
         """The trained genres in label order."""
         return [self.id2label[i] for i in range(self.num_labels)]
+
+    @property
+    def frontend_size(self):
+        """Width of the front end's embedding per window (0 without a front end)."""
+        return FRONTEND_SIZES[self.frontend]
+
+    @property
+    def input_size(self):
+        """Width of one window's model input: the 59 features, then the front end's embedding."""
+        return self.num_features + self.frontend_size
 
     @property
     def has_feature_stats(self):

@@ -42,7 +42,7 @@ import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -62,9 +62,9 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "SAMPLE_RATE", "N_FFT", "HOP_LENGTH", "N_MFCC", "FEATURE_NAMES", "N_FEATURES", "FEATURE_GROUPS",
-    "FEATURE_VERSION", "MIN_SECONDS", "MIN_RECORDING_SECONDS", "SILENCE_DBFS", "HR_TIME_POOL", "AudioError",
+    "FEATURE_VERSION", "MIN_SECONDS", "MIN_RECORDING_SECONDS", "SILENCE_DBFS", "HR_TIME_POOL", "HR_FREQ_BANDS", "AudioError",
     "CLIP_SECONDS", "MAX_CHANNELS", "as_mono_waveform", "load_audio", "resample_audio", "extract_features",
-    "reference_features", "split_windows", "extract_windows",
+    "reference_features", "split_windows", "SongWindows", "extract_song", "extract_windows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,10 @@ MIN_RECORDING_SECONDS = 1.0
 SILENCE_DBFS = -90.0
 #: Frames pooled along time before the harmonic-ratio median filters (see module docstring).
 HR_TIME_POOL = 3
+#: Bins pooled along frequency before the harmonic-ratio median filters: (upper edge as a
+#: fraction of the spectrum, bins per group), from low to high. At 22,050 Hz with n_fft 2048:
+#: single bins to 2.1 kHz, pairs to 4.1 kHz, fours to 8.3 kHz, eights above (416 rows, not 1025).
+HR_FREQ_BANDS = ((3 / 16, 1), (3 / 8, 2), (3 / 4, 4), (1.0, 8))
 _HPSS_KERNEL = 31  # librosa.effects.hpss default kernel, in frames and in bins
 
 _PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -303,8 +307,26 @@ def as_mono_waveform(audio, source: str = "array") -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _mel_basis(sr: int, n_fft: int) -> np.ndarray:
-    return librosa.filters.mel(sr=sr, n_fft=n_fft)  # (128, 1 + n_fft // 2) float32, as melspectrogram
+def _mel_bands(sr: int, n_fft: int):
+    """librosa's 128-band mel filter bank (the one melspectrogram uses) as (first bin, weights) per
+    band: each band is a triangle over a few contiguous bins, so 128 small products over those
+    bins do ~60x fewer multiplications than the dense (128, n_bins) matrix."""
+    basis = librosa.filters.mel(sr=sr, n_fft=n_fft)  # (128, 1 + n_fft // 2) float32
+    bands = []
+    for row in basis:
+        nz = np.flatnonzero(row)
+        lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 0)
+        bands.append((lo, np.ascontiguousarray(row[lo:hi])))
+    return tuple(bands)
+
+
+def _mel_power(spec: np.ndarray, sr: int, n_fft: int) -> np.ndarray:
+    """Mel power spectrogram, shape (n_frames, 128), from a (n_frames, n_bins) power spectrogram."""
+    bands = _mel_bands(sr, n_fft)
+    out = np.empty((spec.shape[0], len(bands)), dtype=np.float32)
+    for m, (lo, weights) in enumerate(bands):
+        out[:, m] = spec[:, lo:lo + len(weights)] @ weights if len(weights) else 0.0
+    return out
 
 
 @lru_cache(maxsize=256)
@@ -317,6 +339,26 @@ def _fft_freqs(sr: int, n_fft: int) -> np.ndarray:
     return librosa.fft_frequencies(sr=sr, n_fft=n_fft)  # (n_bins,) float64
 
 
+@lru_cache(maxsize=8)
+def _spectral_moments_basis(sr: int, n_fft: int) -> np.ndarray:
+    """Rows 1, f, f**2 (float64): one matrix product gives each frame's three spectral moments."""
+    freqs = _fft_freqs(sr, n_fft)
+    return np.stack([np.ones_like(freqs), freqs, freqs * freqs])
+
+
+@lru_cache(maxsize=8)
+def _tempo_constants(sr: int, hop_length: int):
+    """librosa.feature.tempo's defaults: 8-s autocorrelation window (frames), its Hann window, the
+    BPM of each lag, and the log-normal prior around 120 BPM with lags above 320 BPM excluded."""
+    win_length = int(librosa.time_to_frames(8.0, sr=sr, hop_length=hop_length))
+    window = librosa.filters.get_window("hann", win_length, fftbins=True)  # float64, as tempogram
+    bpms = librosa.tempo_frequencies(win_length, hop_length=hop_length, sr=sr)
+    with np.errstate(divide="ignore"):
+        logprior = -0.5 * ((np.log2(bpms) - np.log2(120.0)) / 1.0) ** 2
+    logprior[: int(np.argmax(bpms < 320.0))] = -np.inf
+    return win_length, window, bpms, logprior
+
+
 def _frames(y: np.ndarray, frame_length: int, hop_length: int, pad_mode: str) -> np.ndarray:
     """Centred frames of ``y`` as a strided view, shape (n_frames, frame_length) (librosa's framing)."""
     half = frame_length // 2
@@ -325,8 +367,13 @@ def _frames(y: np.ndarray, frame_length: int, hop_length: int, pad_mode: str) ->
 
 
 def _zero_crossing_rate(y: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray:
-    """librosa.feature.zero_crossing_rate(y) (threshold 1e-10, zero counts as positive), via
-    one crossing indicator and an integer cumulative sum instead of per-frame comparisons.
+    """librosa.feature.zero_crossing_rate(y) (threshold 1e-10, zero counts as positive), exactly,
+    from one crossing indicator summed per hop-sized block instead of per-frame comparisons.
+
+    A frame of ``frame_length`` samples starting at ``s`` counts the crossings at ``s+1 ..
+    s+frame_length-1`` (librosa pads the crossing array with False at a frame's first sample):
+    the sum of the blocks it covers minus the crossing at ``s``. When ``hop_length`` does not
+    divide ``frame_length`` a cumulative sum over samples does the same.
 
     Returns
     -------
@@ -334,14 +381,20 @@ def _zero_crossing_rate(y: np.ndarray, frame_length: int, hop_length: int) -> np
     """
     half = frame_length // 2
     padded = np.pad(y, (half, half), mode="edge")
-    negative = np.signbit(np.where(np.abs(padded) <= 1e-10, 0.0, padded))
-    crossing = np.zeros(len(padded), dtype=np.int64)
-    crossing[1:] = negative[1:] != negative[:-1]
-    csum = np.concatenate([[0], np.cumsum(crossing)])
+    negative = padded < -1e-10  # |x| <= 1e-10 is zero, and zero counts as positive
+    crossing = np.zeros(len(padded), dtype=np.int8)
+    np.not_equal(negative[1:], negative[:-1], out=crossing[1:].view(np.bool_))
     n_frames = 1 + (len(padded) - frame_length) // hop_length
     starts = np.arange(n_frames) * hop_length
-    # A frame's first sample never counts (librosa pads the crossing array with False there).
-    counts = csum[starts + frame_length] - csum[starts + 1]
+    if frame_length % hop_length == 0:
+        per = frame_length // hop_length
+        n_blocks = n_frames + per - 1
+        blocks = crossing[: n_blocks * hop_length].reshape(n_blocks, hop_length).sum(axis=1, dtype=np.int64)
+        csum = np.concatenate([[0], np.cumsum(blocks)])
+        counts = csum[per:per + n_frames] - csum[:n_frames] - crossing[starts]
+    else:
+        csum = np.concatenate([[0], np.cumsum(crossing, dtype=np.int64)])
+        counts = csum[starts + frame_length] - csum[starts + 1]
     return counts / frame_length
 
 
@@ -377,30 +430,57 @@ def _median_rows(x: np.ndarray, size: int) -> np.ndarray:
     return flat.reshape(padded.shape)[:, half:half + n_cols]
 
 
-def _pool_time(power: np.ndarray, pool: int) -> np.ndarray:
-    """Sum groups of ``pool`` adjacent frames; a shorter last group is kept (summed).
+def _pool_rows(x: np.ndarray, pool: int) -> np.ndarray:
+    """Sum groups of ``pool`` adjacent rows (a shorter last group is kept, summed), with ``pool``
+    strided whole-array additions (a reduction over a length-3 axis costs ~10x more).
 
     Returns
     -------
-    np.ndarray, shape (n_bins, ceil(n_frames / pool))
+    np.ndarray, shape (ceil(n_rows / pool), n_cols)
     """
     if pool <= 1:
-        return power
-    n_bins, n_frames = power.shape
-    n_full = n_frames // pool
-    pooled = power[:, : n_full * pool].reshape(n_bins, n_full, pool).sum(axis=2)
-    if n_full * pool < n_frames:
-        pooled = np.concatenate([pooled, power[:, n_full * pool:].sum(axis=1, keepdims=True)], axis=1)
+        return x
+    n_rows = x.shape[0]
+    n_full = n_rows // pool
+    pooled = x[0:n_full * pool:pool].copy()
+    for k in range(1, pool):
+        pooled += x[k:n_full * pool:pool]
+    if n_full * pool < n_rows:
+        pooled = np.concatenate([pooled, x[n_full * pool:].sum(axis=0, keepdims=True)], axis=0)
     return pooled
 
 
-def _harmonic_ratio(power: np.ndarray, time_pool: int = HR_TIME_POOL) -> float:
+def _pool_frequency(energy: np.ndarray, bands=HR_FREQ_BANDS) -> np.ndarray:
+    """Sum adjacent bins, more of them the higher the band (see :data:`HR_FREQ_BANDS`); a band's
+    leftover bins form one shorter group.
+
+    Parameters
+    ----------
+    energy : np.ndarray, shape (n_frames, n_bins)
+
+    Returns
+    -------
+    np.ndarray, shape (n_groups, n_frames): bands as rows, ready for the filter along time
+    """
+    t = np.ascontiguousarray(energy.T)
+    n_bins = t.shape[0]
+    parts, start = [], 0
+    for upper, pool in bands:
+        stop = n_bins if upper >= 1 else min(n_bins, int(round(upper * n_bins)))
+        seg = t[start:stop]
+        if seg.shape[0]:
+            parts.append(_pool_rows(seg, pool))
+        start = stop
+    return np.concatenate(parts, axis=0)
+
+
+def _harmonic_ratio(spec: np.ndarray, time_pool: int = HR_TIME_POOL) -> float:
     """Spectral-domain HPSS harmonic energy ratio; see the module docstring.
 
     Parameters
     ----------
-    power : np.ndarray, shape (n_bins, n_frames)
-        ``|STFT|**2``.
+    spec : np.ndarray, shape (n_frames, n_bins)
+        ``|STFT|**2``, frames as rows.
     time_pool : int
         Frames summed before filtering; the time kernel shrinks to match (odd).
 
@@ -408,59 +488,87 @@ def _harmonic_ratio(power: np.ndarray, time_pool: int = HR_TIME_POOL) -> float:
     -------
     float in [0, 1]
     """
-    energy = _pool_time(power, time_pool)
-    mag = np.sqrt(energy)
+    energy = _pool_frequency(_pool_rows(spec, time_pool))  # (n_groups, n_pooled_frames)
     k_time = max(1, (_HPSS_KERNEL // time_pool) | 1)  # odd, spanning about the reference's 31 frames
-    harm = _median_rows(mag, k_time)                              # along time, per bin
-    perc = _median_rows(np.ascontiguousarray(mag.T), _HPSS_KERNEL).T  # along frequency, per frame
-    h2 = harm * harm
-    denom = h2 + perc * perc
+    # The median commutes with the monotone sqrt (it picks one element of an odd window), so the
+    # squared medians of the magnitude sqrt(E) that librosa's power-2 soft mask needs are the
+    # medians of E itself: no square roots, no squaring.
+    harm2 = _median_rows(energy, k_time)                                     # along time, per band
+    perc2 = _median_rows(np.ascontiguousarray(energy.T), _HPSS_KERNEL).T     # along frequency
+    denom = harm2 + perc2
     tiny = np.finfo(np.float32).tiny
     # librosa.util.softmask splits evenly (0.5) where both estimates are ~0
-    mask = np.where(denom > tiny, h2 / np.maximum(denom, tiny), np.float32(0.5))
+    mask = np.where(denom > tiny, harm2 / np.maximum(denom, tiny), np.float32(0.5))
     total = float(energy.sum(dtype=np.float64))
     return float(np.sum(energy * mask * mask, dtype=np.float64) / total) if total > 0 else 0.0
 
 
-def _estimate_tuning(power: np.ndarray, sr: int, n_fft: int) -> float:
+def _estimate_tuning(spec: np.ndarray, sr: int, n_fft: int) -> float:
     """``librosa.estimate_tuning(S=power, sr=sr, bins_per_octave=12)``, same arithmetic, on the
-    piptrack search band (150-4000 Hz) only instead of the whole spectrum (~3x less work).
+    piptrack search band (150-4000 Hz) only and only at the spectral peaks.
 
     piptrack keeps bins that are local maxima along frequency of ``S * (S > 0.1 * max(S))``,
     refines them by parabolic interpolation, and estimate_tuning keeps the peaks at least as
-    strong as their median and histograms their deviation from equal temperament.
+    strong as their median and histograms their deviation from equal temperament. A bin above
+    the threshold that beats its thresholded neighbours also beats their raw values (a neighbour
+    at or below the threshold is below the bin), so peaks are found on the raw band with three
+    comparisons and the float64 interpolation runs on the peaks alone (~10% of the bins).
+
+    ``spec`` is the power spectrogram with frames as rows, shape (n_frames, n_bins).
     """
     freqs = _fft_freqs(sr, n_fft)
     band = np.flatnonzero((150.0 <= freqs) & (freqs < min(4000.0, sr / 2)))
     if band.size == 0:
         return 0.0
     lo, hi = int(band[0]), int(band[-1])
-    lo_ext, hi_ext = max(lo - 1, 0), min(hi + 1, power.shape[0] - 1)
-    s = power[lo_ext:hi_ext + 1]                    # band plus one neighbour bin each side
-    c = slice(lo - lo_ext, lo - lo_ext + hi - lo + 1)  # the band's rows inside ``s``
-    x0, xm, xp = s[c], s[c.start - 1:c.stop - 1], s[c.start + 1:c.stop + 1]
-    if c.start == 0 or c.stop >= s.shape[0]:  # band touches the spectrum edge: defer to librosa
-        return float(librosa.estimate_tuning(S=power, sr=sr, n_fft=n_fft, bins_per_octave=12))
+    if lo == 0 or hi + 1 >= spec.shape[1]:  # band touches the spectrum edge: defer to librosa
+        return float(librosa.estimate_tuning(S=spec.T, sr=sr, n_fft=n_fft, bins_per_octave=12))
+    x0, xm, xp = spec[:, lo:hi + 1], spec[:, lo - 1:hi], spec[:, lo + 1:hi + 2]
+    ref = 0.1 * np.max(spec, axis=1, keepdims=True)
+    frames, rows = np.nonzero((x0 > ref) & (x0 > xm) & (x0 >= xp))
+    p0, pm, pp = x0[frames, rows], xm[frames, rows], xp[frames, rows]
     # parabolic interpolation (librosa.core.pitch._pi_stencil: float64 arithmetic)
-    a = (xp + xm).astype(np.float64) - 2 * x0.astype(np.float64)
-    b = (xp - xm).astype(np.float64) / 2
+    a = (pp + pm).astype(np.float64) - 2 * p0.astype(np.float64)
+    b = (pp - pm).astype(np.float64) / 2
     with np.errstate(divide="ignore", invalid="ignore"):
         shift = np.where(np.abs(b) >= np.abs(a), 0.0, -b / a).astype(np.float32)
-    avg = (xp - xm) / 2.0                            # np.gradient at interior bins
-    # thresholded local maxima along frequency
-    ref = 0.1 * np.max(power, axis=0)
-    t0, tm, tp = x0 * (x0 > ref), xm * (xm > ref), xp * (xp > ref)
-    peaks = (t0 > tm) & (t0 >= tp)
-    rows, cols = np.nonzero(peaks)
-    pitch = ((rows + lo) + shift[rows, cols]) * float(sr) / n_fft
-    pitch = pitch.astype(np.float32)
-    mags = x0[rows, cols] + (0.5 * avg * shift)[rows, cols]
+    avg = (pp - pm) / 2.0                            # np.gradient at interior bins
+    pitch = (((rows + lo) + shift) * float(sr) / n_fft).astype(np.float32)
+    mags = p0 + 0.5 * avg * shift
     positive = pitch > 0
     threshold = np.median(mags[positive]) if positive.any() else 0.0
     selected = pitch[(mags >= threshold) & positive]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # empty peak set -> librosa warns and returns 0.0
         return float(librosa.pitch_tuning(selected, resolution=0.01, bins_per_octave=12))
+
+
+def _tempo(onset_env: np.ndarray, sr: int, hop_length: int) -> float:
+    """``librosa.feature.tempo(onset_envelope=onset_env, sr=sr, hop_length=hop_length)``, same
+    float64 arithmetic, with the tempogram's frames laid out contiguously (librosa autocorrelates
+    along the strided axis of a (lag, frame) view, at twice the cost).
+
+    Every frame's windowed autocorrelation is max-normalised, averaged over frames, weighted by
+    the 120-BPM log-normal prior, and the best lag gives the tempo.
+    """
+    if not onset_env.any():  # beat_track returns 0 BPM when there are no onsets
+        return 0.0
+    win_length, window, bpms, logprior = _tempo_constants(sr, hop_length)
+    n = onset_env.shape[-1]
+    padded = np.pad(onset_env, (win_length // 2, win_length // 2), mode="linear_ramp", end_values=[0, 0])
+    n_pad = scipy.fft.next_fast_len(2 * win_length - 1, real=True)
+    # windowed frames written straight into the zero-padded FFT buffer (rfft(n=...) would copy)
+    frames = np.zeros((n, n_pad), dtype=np.float64)
+    np.multiply(np.lib.stride_tricks.sliding_window_view(padded, win_length)[:n], window, out=frames[:, :win_length])
+    spec = scipy.fft.rfft(frames, axis=1)
+    pairs = spec.view(np.float64).reshape(n, -1, 2)
+    autocorr = scipy.fft.irfft(np.einsum("ijk,ijk->ij", pairs, pairs), n=n_pad, axis=1)[:, :win_length]
+    # librosa max-normalises each frame; an autocorrelation peaks at lag 0 (Cauchy-Schwarz), so
+    # the norm is column 0 and the mean of the normalised frames is one weighted sum.
+    length = autocorr[:, 0].copy()
+    length[length < np.finfo(autocorr.dtype).tiny] = 1.0  # librosa.util.normalize leaves ~0 frames as-is
+    tempogram = (1.0 / length) @ autocorr / n
+    return float(bpms[np.argmax(np.log1p(1e6 * tempogram) + logprior)])
 
 
 def extract_features(y: np.ndarray, sr: int = SAMPLE_RATE, *, n_fft: int = N_FFT,
@@ -490,32 +598,36 @@ def extract_features(y: np.ndarray, sr: int = SAMPLE_RATE, *, n_fft: int = N_FFT
     _require_audio_deps("extract_features")
     y = _check_signal(y, sr, "array")
 
-    mag = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop_length))  # (n_bins, T) float32
-    power = mag**2  # bit-identical to librosa's power spectrogram (np.abs(stft) ** 2)
+    # librosa's STFT is (n_bins, n_frames) in Fortran order, i.e. frames-major in memory; every
+    # spectral array below keeps that layout as (n_frames, n_bins) C order, so no step pays for
+    # a transpose and the per-frame reductions run along contiguous rows.
+    mag = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop_length).T)  # (T, n_bins) float32
+    spec = mag * mag  # power, bit-identical to librosa's np.abs(stft) ** 2
     # Squares of tiny magnitudes are float32 denormals, which make every later matmul and
     # reduction ~20x slower; zeroing them changes nothing measurable (all << 1e-30).
-    power[power < np.finfo(np.float32).tiny] = 0.0
+    spec[spec < np.finfo(np.float32).tiny] = 0.0
 
     # MFCC: 128-band mel power -> dB -> DCT-II (librosa.feature.mfcc with its defaults)
-    mel_db = librosa.power_to_db(_mel_basis(sr, n_fft) @ power)
-    mfcc = scipy.fft.dct(mel_db, axis=0, type=2, norm="ortho")[:N_MFCC]
+    mel_db = librosa.power_to_db(_mel_power(spec, sr, n_fft))  # (T, 128)
+    mfcc = scipy.fft.dct(mel_db, axis=1, type=2, norm="ortho")[:, :N_MFCC]
 
     # Chroma from the same power spectrogram (librosa.feature.chroma_stft(S=power))
-    tuning = _estimate_tuning(power, sr, n_fft)
-    chroma = librosa.util.normalize(_chroma_basis(sr, n_fft, tuning) @ power, norm=np.inf, axis=0)
+    tuning = _estimate_tuning(spec, sr, n_fft)
+    chroma = spec @ _chroma_basis(sr, n_fft, tuning).T  # (T, 12)
+    chroma /= np.where(chroma.max(axis=1, keepdims=True) < np.finfo(np.float32).tiny, np.float32(1.0),
+                       chroma.max(axis=1, keepdims=True))  # librosa.util.normalize(norm=inf): per frame
 
-    # Centroid / bandwidth (p=2) / rolloff (85%) on the magnitude, as librosa with S=|STFT|
-    freqs = _fft_freqs(sr, n_fft)
-    mag64 = mag.astype(np.float64)
-    col = mag64.sum(axis=0)
-    col = np.where(col < np.finfo(np.float32).tiny, 1.0, col)  # librosa leaves ~0 columns as-is
-    m1 = freqs @ mag64
-    m2 = (freqs * freqs) @ mag64
-    centroid = m1 / col
-    # sum(S_norm * (f - c)^2) expanded; float64 keeps the cancellation harmless for pure tones
-    bandwidth = np.sqrt(np.maximum((m2 - 2.0 * centroid * m1) / col + centroid**2 * (mag64.sum(axis=0) / col), 0.0))
-    cumulative = np.cumsum(mag, axis=0)
-    rolloff = freqs[np.argmax(cumulative >= 0.85 * cumulative[-1], axis=0)]
+    # Centroid / bandwidth (p=2) / rolloff (85%) on the magnitude, as librosa with S=|STFT|.
+    # float64 moments: bandwidth**2 = E[f**2] - centroid**2 cancels heavily for pure tones.
+    col, m1, m2 = (mag.astype(np.float64) @ _spectral_moments_basis(sr, n_fft).T).T
+    safe = np.where(col < np.finfo(np.float32).tiny, 1.0, col)  # librosa leaves ~0 columns as-is
+    centroid = m1 / safe
+    bandwidth = np.sqrt(np.maximum((m2 - 2.0 * centroid * m1) / safe + centroid**2 * (col / safe), 0.0))
+    # Same float32 running sum as librosa's (along each contiguous frame). It never decreases, so
+    # the first bin reaching 85% is the count of bins below.
+    cumulative = np.cumsum(mag, axis=1)
+    below = np.count_nonzero(cumulative < 0.85 * cumulative[:, -1:], axis=1)
+    rolloff = _fft_freqs(sr, n_fft)[below]
 
     zcr = _zero_crossing_rate(y, n_fft, hop_length)
     frames = _frames(y, n_fft, hop_length, "constant")
@@ -523,17 +635,14 @@ def extract_features(y: np.ndarray, sr: int = SAMPLE_RATE, *, n_fft: int = N_FFT
 
     # Tempo as librosa.beat.beat_track estimates it: median-aggregated onset strength of the
     # same mel dB spectrogram, then the autocorrelation tempo with the 120-BPM log-normal prior.
-    onset_env = librosa.onset.onset_strength(S=mel_db, sr=sr, hop_length=hop_length, n_fft=n_fft,
+    onset_env = librosa.onset.onset_strength(S=mel_db.T, sr=sr, hop_length=hop_length, n_fft=n_fft,
                                              aggregate=np.median)
-    if onset_env.any():
-        tempo = float(librosa.feature.tempo(onset_envelope=onset_env, sr=sr, hop_length=hop_length)[0])
-    else:  # beat_track returns 0 BPM when there are no onsets
-        tempo = 0.0
+    tempo = _tempo(onset_env, sr, hop_length)
 
     out = np.concatenate([
-        mfcc.mean(axis=1), mfcc.std(axis=1), chroma.mean(axis=1),
+        mfcc.mean(axis=0), mfcc.std(axis=0), chroma.mean(axis=0),
         [centroid.mean(), bandwidth.mean(), rolloff.mean(), zcr.mean(), rms.mean(), tempo,
-         _harmonic_ratio(power)],
+         _harmonic_ratio(spec)],
     ])
     return out.astype(np.float32)
 
@@ -617,20 +726,27 @@ def split_windows(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = CL
     return windows
 
 
-def extract_windows(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = CLIP_SECONDS, *,
-                    n_fft: int = N_FFT, hop_length: int = HOP_LENGTH,
-                    return_starts: bool = False):
-    """Features of every clip-length window of a song (see :func:`split_windows`).
+class SongWindows(NamedTuple):
+    """The kept (non-silent) windows of a song: what every model input is computed from."""
+
+    features: np.ndarray  #: (n_windows, 59) float32
+    starts: np.ndarray  #: (n_windows,) int64, first sample of each window
+    audio: List[np.ndarray]  #: n_windows arrays of round(clip_seconds * sr) samples (views of the song)
+
+
+def extract_song(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = CLIP_SECONDS, *,
+                 n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> SongWindows:
+    """Features of every clip-length window of a song (see :func:`split_windows`), with the windows.
 
     Windows are processed one at a time, so memory beyond the song itself is one window's
     spectrogram. Silent windows (e.g. a quiet intro) are skipped; a song that is silent
-    throughout raises :class:`AudioError`.
+    throughout raises :class:`AudioError`. The kept windows' audio comes back too, for a
+    pretrained front end that embeds the same windows (``frontend.window_embeddings``).
 
     Returns
     -------
-    features : np.ndarray, shape (n_windows, 59), float32
-    starts : np.ndarray, shape (n_windows,), int64
-        Only with ``return_starts=True``: the first sample of each returned window.
+    SongWindows
+        ``features`` (n_windows, 59) float32, ``starts`` (n_windows,) int64, ``audio`` (the windows).
     """
     y = np.asarray(y)
     windows = split_windows(y, sr, clip_seconds)
@@ -638,16 +754,31 @@ def extract_windows(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = 
     starts_all = [i * win for i in range(len(windows))]
     if len(windows) > max(len(y) // win, 1):  # the kept tail window is aligned to the song's end
         starts_all[-1] = len(y) - win
-    rows, starts, silent = [], [], 0
+    rows, starts, kept, silent = [], [], [], 0
     for w, s in zip(windows, starts_all):
         try:
             rows.append(extract_features(w, sr, n_fft=n_fft, hop_length=hop_length))
             starts.append(s)
+            kept.append(w)
         except AudioError as exc:
             if "silent" not in str(exc) or len(windows) == 1:
                 raise
             silent += 1
     if not rows:
         raise AudioError(f"array: all {silent} windows are silent")
-    feats = np.stack(rows).astype(np.float32)
-    return (feats, np.asarray(starts, dtype=np.int64)) if return_starts else feats
+    return SongWindows(np.stack(rows).astype(np.float32), np.asarray(starts, dtype=np.int64), kept)
+
+
+def extract_windows(y: np.ndarray, sr: int = SAMPLE_RATE, clip_seconds: float = CLIP_SECONDS, *,
+                    n_fft: int = N_FFT, hop_length: int = HOP_LENGTH,
+                    return_starts: bool = False):
+    """Features of every clip-length window of a song: :func:`extract_song` without the audio.
+
+    Returns
+    -------
+    features : np.ndarray, shape (n_windows, 59), float32
+    starts : np.ndarray, shape (n_windows,), int64
+        Only with ``return_starts=True``: the first sample of each returned window.
+    """
+    song = extract_song(y, sr, clip_seconds, n_fft=n_fft, hop_length=hop_length)
+    return (song.features, song.starts) if return_starts else song.features

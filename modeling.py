@@ -35,8 +35,10 @@ except ImportError:
 
 try:
     from .features import FEATURE_NAMES, as_mono_waveform
+    from .frontend import DEFAULT_WEIGHTS, MUSICNN_N_MELS, PATCH_FRAMES, MusiCNN
 except ImportError:
     from features import FEATURE_NAMES, as_mono_waveform
+    from frontend import DEFAULT_WEIGHTS, MUSICNN_N_MELS, PATCH_FRAMES, MusiCNN
 
 #: Largest |z-score| accepted: features from real audio stay within a few dozen standard deviations
 #: of the training mean; 1e30 would overflow float32 inside the network and come out as NaN.
@@ -84,17 +86,19 @@ def linear_layer(config, in_features, out_features, kan=False):
 
 
 class SharedEncoder(nn.Module):
-    """Linear(59->128) -> LayerNorm -> GELU -> Dropout -> Linear(128->128) -> LayerNorm -> GELU."""
+    """Linear(input_size->128) -> LayerNorm -> GELU -> Dropout -> Linear(128->128) -> LayerNorm -> GELU.
+
+    input_size is 59 (the window features) or 259 (with the musicnn embedding)."""
 
     def __init__(self, config):
         super().__init__()
         h = config.hidden_size
         self.net = nn.Sequential(
-            nn.Linear(config.num_features, h), nn.LayerNorm(h), nn.GELU(), nn.Dropout(config.encoder_dropout),
+            nn.Linear(config.input_size, h), nn.LayerNorm(h), nn.GELU(), nn.Dropout(config.encoder_dropout),
             nn.Linear(h, h), nn.LayerNorm(h), nn.GELU(),
         )
 
-    def forward(self, x):  # (batch, num_features) -> (batch, hidden_size)
+    def forward(self, x):  # (batch, input_size) -> (batch, hidden_size)
         return self.net(x)
 
 
@@ -243,6 +247,9 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
 
     def __init__(self, config):
         super().__init__(config)
+        # The pretrained front end, when configured: its weights are part of this model's state
+        # dict (and safetensors); `load_pretrained_frontend` fills them for a model about to train.
+        self.frontend = MusiCNN() if config.frontend == "musicnn" else None
         self.encoder = SharedEncoder(config)
         self.experts = nn.ModuleList(GenreExpert(config) for _ in range(config.num_labels))
         self.gate = GatingNetwork(config)
@@ -251,17 +258,66 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
             nn.Dropout(config.classifier_dropout), nn.Linear(config.classifier_hidden_size, config.num_labels),
         )
         self.post_init()
+        self._freeze_frontend()
+
+    # -- the pretrained front end -----------------------------------------------------------------
+
+    def load_pretrained_frontend(self, path=DEFAULT_WEIGHTS):
+        """Load the converted musicnn MSD weights into `self.frontend` (a new model's front end is random).
+
+        train.py calls this before training; `from_pretrained` restores the front end from the
+        model's own safetensors instead.
+        """
+        if self.frontend is None:
+            raise ValueError(f"load_pretrained_frontend: config.frontend is {self.config.frontend!r}, not 'musicnn'")
+        try:
+            from .frontend import load_musicnn
+        except ImportError:
+            from frontend import load_musicnn
+        self.frontend.load_state_dict(load_musicnn(path).state_dict())
+        self._freeze_frontend()
+        return self
+
+    def _freeze_frontend(self):
+        if self.frontend is not None and self.config.freeze_frontend:
+            self.frontend.requires_grad_(False)
+            self.frontend.eval()
+
+    def train(self, mode=True):
+        """As `nn.Module.train`, except that a frozen front end stays in eval mode (its batch norms
+        keep the statistics musicnn was trained with)."""
+        super().train(mode)
+        self._freeze_frontend()
+        return self
+
+    def frontend_embedding(self, log_mel):
+        """Front-end embedding of each window: (batch, n_patches, 187, 96) log-mel patches -> (batch, 200).
+
+        The mean of musicnn's penultimate layer over the window's patches (`frontend.window_embeddings`
+        computes the same from audio).
+        """
+        if self.frontend is None:
+            raise ValueError(f"log_mel: this model has no front end (config.frontend={self.config.frontend!r}); "
+                             "pass input_features only")
+        log_mel = torch.as_tensor(log_mel, dtype=torch.float32, device=self.device)
+        if log_mel.dim() != 4 or tuple(log_mel.shape[2:]) != (PATCH_FRAMES, MUSICNN_N_MELS):
+            raise ValueError(f"log_mel: expected shape (batch, n_patches, {PATCH_FRAMES}, {MUSICNN_N_MELS}), "
+                             f"got {tuple(log_mel.shape)}")
+        b, p = log_mel.shape[:2]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_frontend):
+            emb = self.frontend.embed(log_mel.reshape(b * p, PATCH_FRAMES, MUSICNN_N_MELS))
+        return emb.reshape(b, p, -1).mean(1)
 
     # -- normalisation --------------------------------------------------------------------------
 
     def normalise(self, features, name="input_features"):
-        """Checked raw features (batch, num_features) -> z-scores with the training stats in the config.
+        """Checked raw inputs (batch, input_size) -> z-scores with the training stats in the config.
 
         Every door into the model (forward, predict, predict_audio, the pipeline) passes through here,
         so the caller never chooses whether to normalise: inputs are always raw features.
         """
         c = self.config
-        x = as_feature_tensor(features, c.num_features, name).to(self.device)
+        x = as_feature_tensor(features, c.input_size, name).to(self.device)
         if not c.has_feature_stats:
             raise ValueError(
                 f"{name}: this model has no feature_mean/feature_std in its config (it was never trained); "
@@ -287,32 +343,53 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         except ImportError:
             from configuration import _stats_list
         c = self.config
-        c.feature_mean = _stats_list(mean, "feature_mean", c.num_features)
-        c.feature_std = _stats_list(std, "feature_std", c.num_features)
+        c.feature_mean = _stats_list(mean, "feature_mean", c.input_size)
+        c.feature_std = _stats_list(std, "feature_std", c.input_size)
 
     # -- forward --------------------------------------------------------------------------------
 
-    def forward(self, input_features, labels=None, **kwargs):
+    def forward(self, input_features, labels=None, log_mel=None, **kwargs):
         """
         Args:
-            input_features (`torch.FloatTensor` of shape `(batch, num_features)`):
-                Raw feature vectors (`features.extract_features`, or the feature extractor's output).
+            input_features (`torch.FloatTensor` of shape `(batch, num_features)` or `(batch, input_size)`):
+                Raw window features (`features.extract_features`, or the feature extractor's output).
                 The model z-scores them with the training stats in its config: never normalise them
-                yourself. Values more than `MAX_ABS_ZSCORE` standard deviations from the training mean
-                are refused with an error naming the row and the feature.
+                yourself. With a front end (`config.frontend="musicnn"`) either pass the 59 features
+                with `log_mel`, or the full `input_size` row (59 features, then the 200-d front-end
+                embedding, as `batch_features.extract_many` caches it). Values more than
+                `MAX_ABS_ZSCORE` standard deviations from the training mean are refused with an
+                error naming the row and the feature.
             labels (`torch.LongTensor` of shape `(batch,)`, *optional*):
                 Genre indices; when given the output carries `loss` and every loss term.
+            log_mel (`torch.FloatTensor` of shape `(batch, n_patches, 187, 96)`, *optional*):
+                Each window's musicnn log-mel patches (the feature extractor's `log_mel`); the front
+                end turns them into the embedding that joins `input_features`.
 
         Returns:
             `MusicGenreMoEOutput`
         """
         unknown = set(kwargs) - {"num_windows", "return_dict", "output_attentions", "output_hidden_states"}
         if unknown:
-            raise TypeError(f"forward: unexpected argument(s) {sorted(unknown)}; expected input_features and labels")
-        return self._forward_zscored(self.normalise(input_features), labels)
+            raise TypeError(f"forward: unexpected argument(s) {sorted(unknown)}; expected input_features, labels "
+                            "and (with a front end) log_mel")
+        return self._forward_zscored(self.normalise(self._model_inputs(input_features, log_mel)), labels)
+
+    def _model_inputs(self, input_features, log_mel):
+        """(batch, input_size) raw inputs: the features, with the front-end embedding of `log_mel` appended."""
+        c = self.config
+        if log_mel is None:
+            if c.frontend != "none" and np.shape(input_features)[-1] == c.num_features:
+                raise ValueError(f"input_features: this model's front end ({c.frontend}) needs log_mel beside the "
+                                 f"{c.num_features} features, or rows of input_size {c.input_size}")
+            return input_features
+        x = as_feature_tensor(input_features, c.num_features, "input_features").to(self.device)
+        emb = self.frontend_embedding(log_mel)
+        if emb.shape[0] != x.shape[0]:
+            raise ValueError(f"log_mel: expected one window per input_features row ({x.shape[0]}), got {emb.shape[0]}")
+        return torch.cat([x, emb.to(x.dtype)], dim=1)
 
     def _forward_zscored(self, x, labels=None):
-        """The network on z-scored inputs (batch, num_features)."""
+        """The network on z-scored inputs (batch, input_size)."""
         h = self.encoder(x)                                           # (B, H)
         expert_out = torch.stack([e(h) for e in self.experts], dim=1)  # (B, E, D)
         gate_weights, log_weights = self.gate(h)                       # (B, E)
@@ -363,10 +440,11 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
 
     @torch.no_grad()
     def fewshot_embed(self, features):
-        """(batch, D) vectors in the few-shot space (`config.prototype_space`) of raw features, in eval mode.
+        """(batch, D) vectors in the few-shot space (`config.prototype_space`) of raw inputs, in eval mode.
 
-        The z-scored features (D = num_features) or the fused expert embedding (D =
-        expert_output_size). `add_genre`, `set_genre_prototypes` and the prototype scores all use it.
+        The z-scored input (D = input_size), the z-scored front-end embedding (D = 200) or the fused
+        expert embedding (D = expert_output_size). `add_genre`, `set_genre_prototypes` and the
+        prototype scores all use it.
         """
         self.eval()
         z = self.normalise(features)
@@ -376,6 +454,8 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         """z-scored features (B, F) -> few-shot embeddings; `fused` is reused when already computed."""
         if self.config.prototype_space == "features":
             return z
+        if self.config.prototype_space == "frontend":
+            return z[:, self.config.num_features:]
         return fused if fused is not None else self._forward_zscored(z).embedding
 
     @torch.no_grad()
@@ -460,16 +540,20 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         return song
 
     def audio_features(self, audio, sampling_rate=None):
-        """Raw window features of a file or waveform: ((n_windows, num_features) float32, starts (n_windows,)).
+        """Raw window inputs of a file or waveform: ((n_windows, input_size) float32, starts (n_windows,)).
 
-        The model's own door from audio to `input_features` (the feature extractor and the pipeline
-        use the same functions). Silent windows are skipped (see `features.extract_windows`);
-        `starts` holds each kept window's first sample at `config.sampling_rate`.
+        The model's own door from audio to `input_features`: the 59 features of each window
+        (`features.extract_song`) and, with a front end, the window's musicnn embedding
+        (`frontend.window_embeddings`, the same computation as `forward(..., log_mel=...)`).
+        Silent windows are skipped; `starts` holds each kept window's first sample at
+        `config.sampling_rate`.
         """
         try:
-            from .features import extract_windows, load_audio, resample_audio
+            from .features import extract_song, load_audio, resample_audio
+            from .frontend import window_embeddings
         except ImportError:
-            from features import extract_windows, load_audio, resample_audio
+            from features import extract_song, load_audio, resample_audio
+            from frontend import window_embeddings
         sr = self.config.sampling_rate
         if isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
             y = load_audio(audio, sr=sr)
@@ -477,7 +561,11 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
             if sampling_rate is None:
                 raise ValueError("predict_audio: a waveform needs its sampling_rate (e.g. 22050), got None")
             y = resample_audio(as_mono_waveform(audio), int(sampling_rate), sr)
-        return extract_windows(y, sr=sr, clip_seconds=self.config.clip_seconds, return_starts=True)
+        song = extract_song(y, sr=sr, clip_seconds=self.config.clip_seconds)
+        if self.frontend is None:
+            return song.features, song.starts
+        emb = window_embeddings(self.frontend, song.audio, sr)
+        return np.concatenate([song.features, emb], axis=1), song.starts
 
     # -- few-shot genres --------------------------------------------------------------------------
 
@@ -507,15 +595,15 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
 
     def _examples_to_features(self, examples, sampling_rate):
         if isinstance(examples, (np.ndarray, torch.Tensor)) and np.ndim(examples) == 2 \
-                and np.shape(examples)[1] == self.config.num_features:
-            return as_feature_tensor(examples, self.config.num_features, "examples")
+                and np.shape(examples)[1] == self.config.input_size:
+            return as_feature_tensor(examples, self.config.input_size, "examples")
         if isinstance(examples, (str, bytes)) or hasattr(examples, "__fspath__"):
             examples = [examples]
         if len(examples) == 0:
             raise ValueError("add_genre: expected at least one example, got none")
         first = examples[0]
-        if np.ndim(first) == 1 and len(first) == self.config.num_features and not isinstance(first, str):
-            return as_feature_tensor(np.stack(examples), self.config.num_features, "examples")
+        if np.ndim(first) == 1 and len(first) == self.config.input_size and not isinstance(first, str):
+            return as_feature_tensor(np.stack(examples), self.config.input_size, "examples")
         return torch.cat([torch.as_tensor(self.audio_features(e, sampling_rate)[0]) for e in examples])
 
     def set_genre_prototypes(self, features, labels):
@@ -575,7 +663,7 @@ def load_moe_model(path):
     a checkpoint that carries any other pickled object is refused, never executed.
 
     Returns:
-        (model in eval mode, feat_mean (num_features,) float32, feat_std (num_features,) float32, genres list)
+        (model in eval mode, feat_mean (input_size,) float32, feat_std (input_size,) float32, genres list)
     """
     path = Path(path)
     if path.is_dir() and (path / EXPORT_DIR_NAME / "config.json").is_file():

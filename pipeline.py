@@ -28,15 +28,18 @@ from transformers import Pipeline
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 
 try:
-    from .features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE, as_mono_waveform, extract_windows, load_audio, resample_audio
+    from .features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE, as_mono_waveform, extract_song, load_audio, resample_audio
+    from .frontend import window_patches
 except ImportError:  # running from a checkout, not as a Hub dynamic module
-    from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE, as_mono_waveform, extract_windows, load_audio, resample_audio
+    from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE, as_mono_waveform, extract_song, load_audio, resample_audio
+    from frontend import window_patches
 
 
 class MusicGenreFeatureExtractor(FeatureExtractionMixin):
     r"""
     Turns a waveform into the model's input: raw (not z-scored) 59-dim feature vectors, one per
-    `clip_seconds` window (`features.extract_windows`).
+    `clip_seconds` window (`features.extract_song`), and, for a model with the musicnn front end,
+    each window's log-mel patches (`frontend.window_patches`), which the model's front end embeds.
 
     Args:
         sampling_rate (`int`, *optional*, defaults to 22050):
@@ -45,18 +48,30 @@ class MusicGenreFeatureExtractor(FeatureExtractionMixin):
             Window length; must match the model's `config.clip_seconds`.
         feature_size (`int`, *optional*, defaults to 59):
             Width of one feature vector.
+        frontend (`str`, *optional*, defaults to `"none"`):
+            The model's `config.frontend`; `"musicnn"` adds `log_mel` to the output.
     """
 
-    model_input_names = ["input_features"]
+    model_input_names = ["input_features", "log_mel"]
 
-    def __init__(self, sampling_rate=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, feature_size=N_FEATURES, **kwargs):
+    def __init__(self, sampling_rate=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, feature_size=N_FEATURES,
+                 frontend="none", **kwargs):
         super().__init__(**kwargs)
         self.sampling_rate = int(sampling_rate)
         self.clip_seconds = float(clip_seconds)
         self.feature_size = int(feature_size)
+        if frontend not in ("none", "musicnn"):
+            raise ValueError(f"frontend: expected 'none' or 'musicnn', got {frontend!r}")
+        self.frontend = frontend
+
+    @classmethod
+    def for_config(cls, config):
+        """The feature extractor that matches a model config (one place maps config fields to it)."""
+        return cls(sampling_rate=config.sampling_rate, clip_seconds=config.clip_seconds,
+                   feature_size=config.num_features, frontend=config.frontend)
 
     def __call__(self, audio, sampling_rate=None, return_tensors=None, **kwargs):
-        """Features of one waveform or of a list of waveforms.
+        """Model inputs of one waveform or of a list of waveforms.
 
         Args:
             audio (array, or a list of arrays): waveforms as `features.as_mono_waveform` accepts them:
@@ -68,18 +83,24 @@ class MusicGenreFeatureExtractor(FeatureExtractionMixin):
 
         Returns:
             `BatchFeature` with `input_features` of shape `(total_windows, feature_size)` (windows of
-            every waveform, in order) and `num_windows` (one count per waveform).
+            every waveform, in order), `num_windows` (one count per waveform) and, with the musicnn
+            front end, `log_mel` of shape `(total_windows, n_patches, 187, 96)`.
         """
+        if kwargs:
+            raise TypeError(f"feature extractor: unsupported argument(s) {sorted(kwargs)}; "
+                            "expected audio, sampling_rate and return_tensors")
         waves = audio if isinstance(audio, (list, tuple)) and len(audio) and np.ndim(audio[0]) >= 1 else [audio]
         sr = self.sampling_rate if sampling_rate is None else int(sampling_rate)
-        feats = [self._windows(as_mono_waveform(w), sr) for w in waves]
-        data = {"input_features": np.concatenate(feats).astype(np.float32),
-                "num_windows": np.asarray([len(f) for f in feats], dtype=np.int64)}
+        songs = [self._song(as_mono_waveform(w), sr) for w in waves]
+        data = {"input_features": np.concatenate([s.features for s in songs]).astype(np.float32),
+                "num_windows": np.asarray([len(s.features) for s in songs], dtype=np.int64)}
+        if self.frontend == "musicnn":
+            data["log_mel"] = np.stack([window_patches(w, self.sampling_rate) for s in songs for w in s.audio])
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _windows(self, y, sr):
+    def _song(self, y, sr):
         y = resample_audio(y, sr, self.sampling_rate)
-        return extract_windows(y, sr=self.sampling_rate, clip_seconds=self.clip_seconds)
+        return extract_song(y, sr=self.sampling_rate, clip_seconds=self.clip_seconds)
 
     def load(self, path):
         """Read an audio file (WAV, FLAC, OGG, MP3, ...) as mono float32 at `self.sampling_rate`."""
@@ -108,11 +129,14 @@ class MusicGenreClassificationPipeline(Pipeline):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        c = self.model.config
         if self.feature_extractor is None:  # e.g. built by hand from a model object
-            c = self.model.config
-            self.feature_extractor = MusicGenreFeatureExtractor(
-                sampling_rate=c.sampling_rate, clip_seconds=c.clip_seconds, feature_size=c.num_features
-            )
+            self.feature_extractor = MusicGenreFeatureExtractor.for_config(c)
+        fe = self.feature_extractor
+        for field in ("sampling_rate", "clip_seconds", "frontend"):
+            if getattr(fe, field, None) != getattr(c, field):  # a mismatch would give confident nonsense
+                raise ValueError(f"feature extractor {field}={getattr(fe, field, None)!r} does not match the model's "
+                                 f"config.{field}={getattr(c, field)!r}")
 
     def _sanitize_parameters(self, top_k=None, **kwargs):
         if kwargs:
@@ -134,8 +158,8 @@ class MusicGenreClassificationPipeline(Pipeline):
 
     def preprocess(self, inputs):
         y, sr = self._read(inputs)
-        feats = self.feature_extractor(y, sampling_rate=sr, return_tensors="pt")
-        return {"input_features": feats["input_features"]}
+        inputs = self.feature_extractor(y, sampling_rate=sr, return_tensors="pt")
+        return {k: inputs[k] for k in ("input_features", "log_mel") if k in inputs}
 
     def _read(self, inputs):
         """(waveform, sample rate) from any accepted input."""
@@ -160,7 +184,7 @@ class MusicGenreClassificationPipeline(Pipeline):
         )
 
     def _forward(self, model_inputs):
-        out = self.model(input_features=model_inputs["input_features"])
+        out = self.model(**model_inputs)
         return {"logits": out.logits, "gate_weights": out.gate_weights}
 
     def postprocess(self, model_outputs, top_k=None):

@@ -303,7 +303,7 @@ def test_prototype_space_is_used_by_add_genre_and_survives_save(space, tmp_path)
 
 
 def test_unknown_prototype_space_is_an_error():
-    with pytest.raises(ValueError, match="prototype_space must be 'features' or 'embedding', got 'raw'"):
+    with pytest.raises(ValueError, match="prototype_space must be one of 'features', 'frontend', 'embedding', got 'raw'"):
         MusicGenreMoEConfig(**TINY, prototype_space="raw")
 
 
