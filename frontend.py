@@ -46,7 +46,7 @@ __all__ = [
     "MUSICNN_SAMPLE_RATE", "MUSICNN_N_FFT", "MUSICNN_HOP_LENGTH", "MUSICNN_N_MELS", "PATCH_FRAMES",
     "PATCH_SECONDS", "PATCH_SAMPLES", "EMBEDDING_SIZE", "MSD_TAGS", "DEFAULT_WEIGHTS",
     "log_mel", "log_mel_patches", "MusiCNN", "MusiCNNOutput", "load_musicnn",
-    "window_embedding", "window_embeddings",
+    "window_patches", "window_embedding", "window_embeddings",
 ]
 
 MUSICNN_SAMPLE_RATE = 16000
@@ -71,7 +71,8 @@ MSD_TAGS = (
 )
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "musicnn_msd.safetensors"
 
-#: TensorFlow's batch-norm epsilon (PyTorch's default, 1e-5, shifts the outputs by ~1e-3).
+#: TensorFlow's batch-norm epsilon. PyTorch's default (1e-5) moves the logits by up to 2 on the
+#: reference patches: some running variances are near 1e-3, where epsilon matters.
 _TF_BN_EPS = 1e-3
 
 
@@ -80,10 +81,15 @@ _TF_BN_EPS = 1e-3
 # --------------------------------------------------------------------------------------------
 
 
-def _check_sr(sr: int) -> None:
-    if int(sr) != MUSICNN_SAMPLE_RATE:
+def _check_input(y: np.ndarray, sr: int) -> np.ndarray:
+    """``y`` as float32 mono at musicnn's rate, or a ValueError naming what was received."""
+    if sr != MUSICNN_SAMPLE_RATE:
         raise ValueError(f"musicnn needs audio at {MUSICNN_SAMPLE_RATE} Hz, got sr={sr}; resample first "
                          f"(features.resample_audio) or use window_embedding, which resamples")
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim != 1:
+        raise ValueError(f"musicnn expects mono audio of shape (n_samples,), got shape {y.shape}")
+    return y
 
 
 def log_mel(y: np.ndarray, sr: int = MUSICNN_SAMPLE_RATE) -> np.ndarray:
@@ -104,16 +110,14 @@ def log_mel(y: np.ndarray, sr: int = MUSICNN_SAMPLE_RATE) -> np.ndarray:
     -------
     np.ndarray, shape (1 + n_samples // 256, 96), float32
     """
-    _check_sr(sr)
+    y = _check_input(y, sr)
     if librosa is None:
         raise ImportError("log_mel() needs librosa; install it with `pip install 'librosa>=0.10.2,<0.12'`")
-    y = np.asarray(y, dtype=np.float32)
-    if y.ndim != 1:
-        raise ValueError(f"log_mel expects mono audio of shape (n_samples,), got shape {y.shape}")
     mel = librosa.feature.melspectrogram(y=y, sr=MUSICNN_SAMPLE_RATE, n_fft=MUSICNN_N_FFT,
                                          hop_length=MUSICNN_HOP_LENGTH, n_mels=MUSICNN_N_MELS).T
-    # The float16 round trip is part of musicnn's input (its training data was stored that way).
-    # Back to float32 before scaling: under NumPy 2, 10000 * float16 stays float16 and overflows.
+    # musicnn casts the spectrogram to float16 before the log, so the round trip is part of its
+    # input. Back to float32 before scaling: under NumPy 2, 10000 * float16 stays float16 and
+    # overflows to inf.
     mel = mel.astype(np.float16).astype(np.float32)
     return np.log10(10000.0 * mel + 1.0).astype(np.float32)
 
@@ -136,8 +140,8 @@ def log_mel_patches(y: np.ndarray, sr: int = MUSICNN_SAMPLE_RATE) -> np.ndarray:
     np.ndarray, shape (n_patches, 187, 96), float32
         ``n_patches = (1 + n_samples // 256) // 187``.
     """
-    _check_sr(sr)
-    n_samples = np.shape(y)[0] if np.ndim(y) else 0
+    y = _check_input(y, sr)
+    n_samples = y.shape[0]
     if n_samples < PATCH_SAMPLES:
         raise ValueError(f"audio of {n_samples} samples ({n_samples / MUSICNN_SAMPLE_RATE:.3f} s) is shorter "
                          f"than one musicnn patch ({PATCH_SAMPLES} samples at {MUSICNN_SAMPLE_RATE} Hz); "
@@ -339,7 +343,7 @@ def load_musicnn(path: Union[str, Path] = DEFAULT_WEIGHTS) -> MusiCNN:
 # --------------------------------------------------------------------------------------------
 
 
-def _window_patches(y: np.ndarray, sr: int) -> np.ndarray:
+def window_patches(y: np.ndarray, sr: int) -> np.ndarray:
     """One window at any rate -> its musicnn patches (n_patches >= 1, 187, 96)."""
     y = np.asarray(y, dtype=np.float32)
     if y.ndim != 1 or y.size == 0:
@@ -374,7 +378,7 @@ def window_embeddings(net: MusiCNN, windows: Sequence[np.ndarray], sr: int, batc
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    per_window = [_window_patches(w, sr) for w in windows]
+    per_window = [window_patches(w, sr) for w in windows]
     if not per_window:
         return np.zeros((0, EMBEDDING_SIZE), dtype=np.float32)
     patches = torch.from_numpy(np.concatenate(per_window))

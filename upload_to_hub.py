@@ -238,8 +238,7 @@ def write_model_folder(model, folder):
 def save_feature_extractor(config, folder):
     from pipeline import MusicGenreFeatureExtractor
 
-    fe = MusicGenreFeatureExtractor(sampling_rate=config.sampling_rate, clip_seconds=config.clip_seconds,
-                                    feature_size=config.num_features)
+    fe = MusicGenreFeatureExtractor.for_config(config)
     fe.save_pretrained(folder)
     path = Path(folder) / "preprocessor_config.json"
     data = json.loads(path.read_text())
