@@ -97,6 +97,7 @@ def test_whole_file_taggrams_match_musicnn_extractor(net, ref):
         expected = ref[f"file_taggram_{i}"]
         taggram = _run(net, log_mel_patches(_load_like_musicnn(DATA / str(rel)))).taggram.numpy()
         assert taggram.shape == expected.shape, rel
+        # Measured: 2.6e-6 at most; 1e-3 leaves room for other librosa/soxr resampler versions.
         np.testing.assert_allclose(taggram, expected, rtol=0, atol=1e-3, err_msg=str(rel))
 
 
@@ -127,6 +128,11 @@ def test_wrong_sample_rate_is_an_error_naming_it():
     for fn in (log_mel, log_mel_patches):
         with pytest.raises(ValueError, match="22050"):
             fn(y, sr=22050)
+
+
+def test_stereo_input_is_an_error_naming_its_shape():
+    with pytest.raises(ValueError, match=r"\(2, 48000\)"):
+        log_mel_patches(np.zeros((2, 48000), np.float32))
 
 
 def test_audio_shorter_than_a_patch_is_an_error():
