@@ -344,7 +344,23 @@ def load_musicnn(path: Union[str, Path] = DEFAULT_WEIGHTS) -> MusiCNN:
 
 
 def window_patches(y: np.ndarray, sr: int) -> np.ndarray:
-    """One window at any rate -> its musicnn patches (n_patches >= 1, 187, 96)."""
+    """The musicnn patches of one window of audio at any rate.
+
+    Resampled to 16 kHz; a window shorter than one patch is repeated (``np.tile``, then cut) up
+    to :data:`PATCH_SAMPLES`, as musicnn's training repeat-padded short clips; then
+    :func:`log_mel_patches`.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,)
+        Mono audio, not empty.
+    sr : int
+        Its sample rate.
+
+    Returns
+    -------
+    np.ndarray, shape (n_patches >= 1, 187, 96), float32
+    """
     y = np.asarray(y, dtype=np.float32)
     if y.ndim != 1 or y.size == 0:
         raise ValueError(f"a window must be non-empty mono audio of shape (n_samples,), got shape {y.shape}")
