@@ -226,7 +226,12 @@ def read_checkpoint(index: bytes, data: bytes, names: Optional[List[str]] = None
     dict of str to np.ndarray
         Name -> tensor in its TF layout and dtype (native byte order).
     """
-    entries = {k: v for k, v in read_table(index).items() if k != ""}  # "" is the bundle header
+    entries = read_table(index)
+    # The empty key holds the BundleHeaderProto (1: num_shards, 2: endianness, 0 = little).
+    header = {field: v for field, _, v in _proto_fields(entries.pop("", b""))}
+    if header.get(1, 1) != 1 or header.get(2, 0) != 0:
+        raise CheckpointError(f"checkpoint has {header.get(1, 1)} shards and endianness {header.get(2, 0)}; "
+                              f"this reader handles one little-endian shard")
     if names is not None:
         missing = sorted(set(names) - set(entries))
         if missing:
