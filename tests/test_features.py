@@ -319,7 +319,7 @@ def test_cache_hits_and_invalidation(tmp_path):
     paths = _write_set(tmp_path / "audio")
     cache = tmp_path / "cache"
     first = B.extract_many(paths, n_jobs=2, cache_dir=cache, progress=False)
-    assert first.cache_hits == 0 and len(first.ok) == 3 and list(cache.rglob("*.npy"))
+    assert first.cache_hits == 0 and len(first.ok) == 3 and list(cache.rglob("*.npz"))
     second = B.extract_many(paths, n_jobs=2, cache_dir=cache, progress=False)
     assert second.cache_hits == 3
     for a, b in zip(first.features, second.features):
@@ -336,9 +336,38 @@ def test_cache_hits_and_invalidation(tmp_path):
     arr = tone(550)
     B.extract_many([arr], n_jobs=1, cache_dir=cache)
     assert B.extract_many([arr.copy()], n_jobs=1, cache_dir=cache).cache_hits == 1
-    before = len(list(cache.rglob("*.npy")))
+    before = len(list(cache.rglob("*.npz")))
     B.extract_many([tone(560)], n_jobs=1, cache_dir=False)
-    assert len(list(cache.rglob("*.npy"))) == before
+    assert len(list(cache.rglob("*.npz"))) == before
+
+
+def test_window_starts_come_back_and_from_the_cache(tmp_path):
+    quiet_intro = np.concatenate([np.zeros(2 * SR, np.float32), synth.generate_clip("rock", np.random.default_rng(5),
+                                                                                     duration=4.0)])
+    for _ in range(2):  # computed, then from the cache
+        res = B.extract_many([quiet_intro], clip_seconds=2.0, n_jobs=1, cache_dir=tmp_path)
+        assert res.starts[0].tolist() == [2 * SR, 4 * SR]  # the silent first window is skipped
+    assert res.cache_hits == 1
+
+
+def test_frontend_embeddings_join_the_features_and_key_the_cache(tmp_path):
+    import torch
+
+    import frontend
+
+    song = synth.generate_clip("jazz", np.random.default_rng(6), duration=6.0)
+    plain = B.extract_many([song], clip_seconds=3.0, n_jobs=1, cache_dir=tmp_path)
+    net = frontend.load_musicnn()
+    res = B.extract_many([song], clip_seconds=3.0, n_jobs=1, cache_dir=tmp_path, frontend=net)
+    assert res.cache_hits == 0 and res.features[0].shape == (2, F.N_FEATURES + frontend.EMBEDDING_SIZE)
+    np.testing.assert_array_equal(res.features[0][:, :F.N_FEATURES], plain.features[0])
+    windows = F.extract_song(song, SR, 3.0).audio
+    np.testing.assert_allclose(res.features[0][:, F.N_FEATURES:], frontend.window_embeddings(net, windows, SR),
+                               atol=1e-6)
+    assert B.extract_many([song], clip_seconds=3.0, n_jobs=1, cache_dir=tmp_path, frontend=net).cache_hits == 1
+    with torch.no_grad():  # other weights: another cache key
+        next(net.parameters()).add_(0.01)
+    assert B.extract_many([song], clip_seconds=3.0, n_jobs=1, cache_dir=tmp_path, frontend=net).cache_hits == 0
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
