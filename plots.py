@@ -33,8 +33,12 @@ def genre_spectrograms(clips, sr, path):
         axes[0, j].plot(t, y, lw=0.3, color=GENRE_COLOURS(j))
         axes[0, j].set(title=genre, xlabel="time (s)", ylim=(-1, 1))
         mel = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, n_mels=96), ref=np.max)
-        librosa.display.specshow(mel, sr=sr, x_axis="time", y_axis="mel", ax=axes[1, j], cmap="magma")
+        img = librosa.display.specshow(mel, sr=sr, x_axis="time", y_axis="mel", ax=axes[1, j], cmap="magma",
+                                       vmin=-80, vmax=0)  # one scale for every genre, so colours compare
         axes[1, j].set(title=f"{genre}: log-mel")
+        axes[1, j].xaxis.set_major_locator(plt.MaxNLocator(4))
+        last = j == len(clips) - 1
+        fig.colorbar(img, ax=axes[1, j], format="%+.0f dB", label="dB re. the clip's loudest bin" if last else None)
     axes[0, 0].set_ylabel("amplitude")
     return _save(fig, path)
 
@@ -56,7 +60,12 @@ def training_curves(history, best_epoch, path, ema_decay=0.0):
     axes[1].plot(ep, history["val_acc"], label=val)
     axes[1].set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
     for term in ("ce_loss", "routing_loss", "load_balance_loss", "entropy_loss"):
-        axes[2].plot(ep, history[f"val_{term}"], label=term.replace("_loss", ""))
+        label = term.replace("_loss", "")
+        if term == "entropy_loss":
+            # A loss below zero looks like a bug: the legend says why it is negative by design.
+            label = "entropy term = minus the gate's entropy:\nnegative by design; lower = a more spread gate"
+        axes[2].plot(ep, history[f"val_{term}"], label=label)
+    axes[2].axhline(0, color="grey", lw=0.6)
     axes[2].set(title="validation loss terms (unweighted)", xlabel="epoch")
     for ax in axes:
         ax.axvline(best_epoch, color="grey", ls=":", lw=1)
@@ -101,7 +110,14 @@ def expert_gates(gate_mat, self_act, genres, path):
     return _save(fig, path)
 
 
+ROC_STYLES = ["-", "--", "-.", ":"]
+ROC_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+
+
 def roc_curves(labels, probs, genres, path):
+    """One-vs-rest ROC per genre. Near-perfect curves all hug the top-left corner and hide each other,
+    so each genre gets its own line style, marker and width (the first drawn widest), and its AUC
+    in the legend."""
     from sklearn.metrics import auc, roc_curve
 
     fig, ax = plt.subplots(figsize=(6, 5.5))
@@ -109,25 +125,32 @@ def roc_curves(labels, probs, genres, path):
         is_g = np.asarray(labels) == i
         if 0 < is_g.sum() < len(is_g):
             fpr, tpr, _ = roc_curve(is_g, probs[:, i])
-            ax.plot(fpr, tpr, color=GENRE_COLOURS(i), label=f"{g} (AUC {auc(fpr, tpr):.3f})")
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="One-vs-rest ROC (test)")
-    ax.legend(fontsize=8)
+            ax.plot(fpr, tpr, color=GENRE_COLOURS(i % 10), ls=ROC_STYLES[i % len(ROC_STYLES)],
+                    lw=max(1.0, 3.2 - 0.4 * i), marker=ROC_MARKERS[i % len(ROC_MARKERS)], markersize=5,
+                    markevery=max(1, len(fpr) // 6), alpha=0.85, label=f"{g} (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance (AUC 0.5)")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="One-vs-rest ROC (test)",
+           xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
 
 
 def radar_charts(gate_mat, genres, path):
-    """One polar plot per genre: the mean gate weight it gives each expert (its routing profile)."""
+    """Gate weights as routing profiles: one polar plot per genre, the mean gate weight its test clips
+    give each expert (the rows of expert_gates.png's heat map, drawn so that the shapes compare)."""
     angles = np.linspace(0, 2 * np.pi, gate_mat.shape[1], endpoint=False).tolist()
-    fig, axes = plt.subplots(1, len(genres), figsize=(3.2 * len(genres), 3.6), subplot_kw={"polar": True})
+    fig, axes = plt.subplots(1, len(genres), figsize=(3.2 * len(genres), 4.0), subplot_kw={"polar": True})
     for i, (g, ax) in enumerate(zip(genres, np.atleast_1d(axes))):
         vals = gate_mat[i].tolist()
-        ax.plot(angles + angles[:1], vals + vals[:1], color=GENRE_COLOURS(i))
-        ax.fill(angles + angles[:1], vals + vals[:1], color=GENRE_COLOURS(i), alpha=0.3)
+        ax.plot(angles + angles[:1], vals + vals[:1], color=GENRE_COLOURS(i % 10))
+        ax.fill(angles + angles[:1], vals + vals[:1], color=GENRE_COLOURS(i % 10), alpha=0.3)
         ax.set_xticks(angles)
-        ax.set_xticklabels(genres, fontsize=7)
+        ax.set_xticklabels([f"{e} expert" for e in genres[:gate_mat.shape[1]]], fontsize=7)
         ax.set_ylim(0, 1)
-        ax.set_title(f"{g} clips", pad=14)
+        ax.set_yticks([0.25, 0.5, 0.75, 1.0], ["", "0.5", "", "1"], fontsize=6)
+        ax.set_title(f"{g} test clips", pad=16)
+    fig.suptitle("Gate weights: mean weight each expert gets on each genre's test clips "
+                 f"(a dedicated expert reaches 1; uniform routing is {1 / gate_mat.shape[1]:.2f})", fontsize=10)
     return _save(fig, path)
 
 
@@ -183,7 +206,8 @@ def genre_timeline(windows, genres, path=None, title="Genre probabilities across
     step = max(1, int(np.ceil(len(ticks) / 12)))  # at most about a dozen labels
     ax.set_xticks(ticks[::step], [f"{int(t // 60)}:{int(t % 60):02d}" for t in ticks[::step]])
     ax.set(xlim=(0, end), ylim=(0, 1), xlabel="time in the song (m:ss)", ylabel="probability", title=title)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    handles, labels = ax.get_legend_handles_labels()  # top to bottom, as stacked
+    ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
