@@ -339,17 +339,33 @@ def _reason(path: str, message: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
-def extract_chunk(paths: Sequence[str], settings: Settings, n_jobs: Optional[int]):
+def model_frontend(model):
+    """The model's pretrained front end (musicnn), or None: extract_many then computes each
+    window's embedding in the workers, beside its 59 features, with the model's own weights."""
+    if getattr(model.config, "frontend", "none") in (None, "none"):
+        return None
+    return getattr(model, "frontend", None)
+
+
+def extract_chunk(paths: Sequence[str], settings: Settings, n_jobs: Optional[int], frontend=None):
     """(songs, failures) for some paths, through batch_features.extract_many."""
     from batch_features import extract_many
 
+    kw = {}
+    if frontend is not None:
+        if "frontend" not in inspect.signature(extract_many).parameters:
+            raise RuntimeError("this model has a pretrained front end, and this batch_features.extract_many "
+                               "cannot compute its embeddings (no frontend argument)")
+        kw["frontend"] = frontend
     res = extract_many(list(paths), sr=settings.sr, clip_seconds=settings.clip_seconds, n_jobs=n_jobs,
-                       cache_dir=settings.cache_dir, progress=False)
+                       cache_dir=settings.cache_dir, progress=False, **kw)
     return _songs_from_result(paths, res, settings)
 
 
 def _songs_from_result(paths: Sequence[str], res, settings: Settings):
     starts = getattr(res, "starts", None)  # per-window first samples, when batch_features gives them
+    if starts is not None and len(starts) != len(res.ok):
+        starts = None  # not aligned with the songs (an older or partial result): derive them instead
     songs = [complete_song(str(paths[i]), f, None if starts is None else starts[k], settings.sr, settings.clip_seconds)
              for k, (i, f) in enumerate(zip(res.ok, res.features))]
     failures = [(str(src), _reason(str(src), msg)) for src, msg in res.failures]
@@ -359,7 +375,7 @@ def _songs_from_result(paths: Sequence[str], res, settings: Settings):
 def classify_paths(model, paths: Sequence[str], settings: Settings, n_jobs: Optional[int] = 1):
     """(records, failures) for some paths: features, then one batched prediction. The Ray worker
     calls exactly this, which is why local and Ray runs give the same rows."""
-    songs, failures = extract_chunk(paths, settings, n_jobs)
+    songs, failures = extract_chunk(paths, settings, n_jobs, model_frontend(model))
     return predict_songs(model, songs, settings), failures
 
 

@@ -270,7 +270,7 @@ def test_resume_after_the_process_is_killed(reference, library, run_dir, tmp_pat
     """SIGKILL a real run after its first rows, run it again: the same rows, each once."""
     out = tmp_path / "p.csv"
     cmd = [sys.executable, str(ROOT / "classify.py"), str(library), "--model", str(run_dir), "--out", str(out),
-           "--timeline-dir", str(tmp_path / "png"), "--chunk-size", "1", "--n-jobs", "1", "--no-progress"]
+           "--chunk-size", "1", "--n-jobs", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     rows_at_kill = 0
@@ -384,4 +384,6 @@ def test_extract_many_ray_matches_extract_many(local_ray, library):
     assert remote.failures == local.failures
     assert [f.shape for f in remote.features] == [f.shape for f in local.features]
     for a, b in zip(remote.features, local.features):
-        np.testing.assert_array_equal(a, b)
+        # Ray tasks run BLAS on one thread, this process on several: float32 rounding may differ.
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert [s.tolist() for s in remote.starts] == [s.tolist() for s in local.starts]
