@@ -2,40 +2,87 @@
 
 Training (`train.py --data-dir`), the benchmarks and `classify.py` use this module; the Hub export
 does not ship it (a Hub user predicts one song at a time with `features.py` alone).
+
+API (stable)
+------------
+``extract_many(sources, *, sr, clip_seconds, n_jobs, cache_dir, progress, n_fft, hop_length,
+frontend) -> ExtractionResult(features, starts, ok, failures, cache_hits)``
+    Every source at once, results in input order.
+``iter_extract(sources, *, sr, clip_seconds, n_jobs, cache_dir, n_fft, hop_length, frontend,
+return_starts=False) -> iterator of (index, features_or_None, error_or_None)``
+    The streaming form, in completion order: ``sources`` may be any iterable (a generator over a
+    library of thousands of files); at most ``2 * n_jobs`` sources are in flight, so memory stays
+    bounded by the workers and a few results whatever the library's size. With
+    ``return_starts=True`` each item is ``(index, features, error, starts)``. Stopping the
+    iteration early shuts the workers down. :func:`extract_many` is built on it.
+
+Each source is processed whole inside one worker: the regular-file check, the content hash, the
+cache lookup, decoding, features (and front-end embeddings) and the cache write. The parent only
+hands out sources and collects results, so hashing and cache reads run in parallel too.
+
+Cache
+-----
+One ``.npz`` per (content, settings): ``features`` and ``starts``. The key hashes the content under
+a domain tag (``person=b"mgm-file"`` for a file's bytes, ``b"mgm-array"`` for an array's dtype,
+shape and bytes: a file whose bytes mimic an array's key material cannot reach its entry) and the
+settings from :func:`cache_settings` (feature version, sr, clip length, STFT, librosa version, the
+front end's weights). Entries are written atomically (temporary file + rename); an entry that
+cannot be read back (0 bytes, truncated, another format, wrong shape, non-finite) is recomputed and
+rewritten, never raised.
+
+Workers
+-------
+Forked on Linux after a warm-up in the parent (imports, filter banks, JIT), one BLAS thread each.
+They die with their parent: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux, plus a watchdog thread
+that exits when the parent process is gone (other platforms, and the window before prctl). The
+death signal follows the *thread* that started the pool, so iterate :func:`iter_extract` from the
+thread that started it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import signal
+import stat
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import threading
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
 from frontend import EMBEDDING_SIZE
-from features import (HOP_LENGTH, HR_TIME_POOL, FEATURE_VERSION, MIN_SECONDS, N_FEATURES, N_FFT, SAMPLE_RATE,
-                      AudioError, PathLike, _require_audio_deps, extract_features, extract_song, librosa,
-                      load_audio)
+from features import (HOP_LENGTH, HR_FREQ_BANDS, HR_TIME_POOL, FEATURE_VERSION, MIN_SECONDS, N_FEATURES, N_FFT,
+                      SAMPLE_RATE, AudioError, PathLike, _require_audio_deps, extract_features, extract_song,
+                      librosa, load_audio)
 
 try:
     from tqdm.auto import tqdm
 except ImportError:  # pragma: no cover
     tqdm = None
 
-__all__ = ["ExtractionResult", "extract_many", "default_cache_dir", "frontend_key", "resolve_frontend"]
+__all__ = ["ExtractionResult", "extract_many", "iter_extract", "cache_settings", "default_cache_dir",
+           "frontend_key", "resolve_frontend"]
 
 logger = logging.getLogger(__name__)
 
 
 Source = Union[str, os.PathLike, np.ndarray]
+
+#: Bump when the cache's key derivation or entry layout changes.
+CACHE_FORMAT = "2"  # 2: domain-separated content hashes, .npz with features and starts
+#: Sources in flight per worker: enough to keep every worker busy while results travel back.
+_IN_FLIGHT_PER_WORKER = 2
+#: Seconds between the worker watchdog's checks that its parent is alive.
+_PARENT_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -82,14 +129,20 @@ def _describe(source: Source, index: int) -> str:
     return str(source)
 
 
-def _settings_key(sr: int, clip_seconds: Optional[float], n_fft: int, hop_length: int,
-                  frontend_key: Optional[str] = None) -> str:
-    """Everything besides the audio that changes the result (part of every cache key)."""
+def cache_settings(sr: int, clip_seconds: Optional[float], n_fft: int, hop_length: int,
+                   frontend_key: Optional[str] = None) -> str:
+    """Everything besides the audio that changes a result, as the canonical JSON string hashed
+    into every cache key. The one place to add a setting (a new front end, a model input)."""
     return json.dumps({
-        "feature_version": FEATURE_VERSION, "sr": int(sr), "clip_seconds": clip_seconds,
+        "cache_format": CACHE_FORMAT, "feature_version": FEATURE_VERSION, "sr": int(sr),
+        "clip_seconds": None if clip_seconds is None else float(clip_seconds),
         "n_fft": int(n_fft), "hop_length": int(hop_length), "hr_time_pool": HR_TIME_POOL,
+        "hr_freq_bands": [list(band) for band in HR_FREQ_BANDS],
         "librosa": getattr(librosa, "__version__", None), "frontend": frontend_key,
     }, sort_keys=True)
+
+
+_settings_key = cache_settings  # the name other modules may still use
 
 
 def frontend_key(net) -> str:
@@ -114,53 +167,121 @@ def resolve_frontend(frontend):
     raise ValueError(f"frontend: expected None, 'none', 'musicnn' or a MusiCNN module, got {frontend!r}")
 
 
+# --------------------------------------------------------------------------------------------
+# Sources and the cache
+# --------------------------------------------------------------------------------------------
+
+_FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def _not_regular(path: str, mode: int) -> AudioError:
+    kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    return AudioError(f"{path}: not a regular file ({kind})")
+
+
+def _open_regular(path: str) -> int:
+    """A read-only descriptor of ``path``, refusing anything but a regular file *before* reading.
+
+    ``stat`` first (a FIFO is never opened: opening one for reading blocks until a writer comes),
+    then ``O_NONBLOCK`` open and ``fstat`` of the opened descriptor, so a path swapped in between
+    is caught too. /dev/zero, FIFOs, sockets and directories raise :class:`AudioError`.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AudioError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path, st.st_mode)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _not_regular(path, st.st_mode)
+    return fd
+
+
 def _content_hash(source: Source) -> str:
-    """blake2b of the file's bytes (streamed) or of the array's dtype, shape and bytes."""
-    h = hashlib.blake2b(digest_size=20)
+    """blake2b of a file's bytes (streamed) or of an array's dtype, shape and bytes, each under
+    its own personalisation tag: the two key spaces cannot meet, whatever bytes a file holds."""
     if isinstance(source, np.ndarray):
         arr = np.ascontiguousarray(source)
-        h.update(f"array:{arr.dtype.str}:{arr.shape}".encode())
+        h = hashlib.blake2b(digest_size=20, person=b"mgm-array")
+        h.update(f"{arr.dtype.str}:{arr.shape}:".encode())
         h.update(memoryview(arr).cast("B"))
-    else:
-        with open(source, "rb") as fh:
+        return h.hexdigest()
+    h = hashlib.blake2b(digest_size=20, person=b"mgm-file")
+    fd = _open_regular(str(source))
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
+    except OSError as exc:
+        raise AudioError(f"{source}: cannot read file ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
     return h.hexdigest()
 
 
 def _cache_path(cache_dir: Path, content: str, settings: str) -> Path:
-    key = hashlib.blake2b((content + settings).encode(), digest_size=20).hexdigest()
+    key = hashlib.blake2b((content + "\0" + settings).encode(), digest_size=20).hexdigest()
     return cache_dir / key[:2] / f"{key}.npz"
 
 
 def _cache_load(path: Path, width: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """(features, starts) of a cache entry, or None for any entry that is unreadable or malformed
-    (0 bytes, truncated, another format): the caller recomputes and rewrites it."""
+    """(features, starts) of a cache entry, or None for a missing entry or any entry that is
+    unreadable or malformed (0 bytes, truncated, another format, wrong shape or dtype, non-finite):
+    the caller recomputes and rewrites it."""
     try:
         with np.load(path, allow_pickle=False) as entry:
             arr, starts = entry["features"], entry["starts"]
-    except Exception:  # EOFError, zipfile.BadZipFile, KeyError, ValueError, OSError, ...
+    except FileNotFoundError:
         return None
-    if arr.ndim != 2 or arr.shape[1] != width or not np.isfinite(arr).all() or starts.shape != (len(arr),):
+    except Exception as exc:  # EOFError, zipfile.BadZipFile, KeyError, ValueError, OSError, ...
+        logger.info("feature cache entry %s unreadable (%s: %s): recomputing", path, type(exc).__name__, exc)
+        return None
+    if (arr.ndim != 2 or arr.shape[1] != width or arr.shape[0] == 0 or arr.dtype.kind != "f"
+            or not np.isfinite(arr).all() or starts.shape != (len(arr),) or starts.dtype.kind not in "iu"):
+        logger.info("feature cache entry %s malformed: recomputing", path)
         return None
     return arr.astype(np.float32, copy=False), starts.astype(np.int64, copy=False)
 
 
 def _cache_store(path: Path, arr: np.ndarray, starts: np.ndarray) -> None:
-    """Atomic write (temp file + rename): concurrent runs never read a half-written entry."""
+    """Atomic write (temp file + rename): concurrent runs never read a half-written entry, and a
+    bad entry is replaced in one step."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, features=arr, starts=starts)
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:  # a read-only or full cache must not fail the extraction
         logger.warning("feature cache write failed for %s: %s", path, exc)
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
-#: Per-process state of the extraction: the front end network, set in the parent before the pool
-#: forks (workers inherit it) or by the pool initializer under spawn; never pickled per task.
-_WORKER_STATE: Dict[str, object] = {"frontend": None}
+# --------------------------------------------------------------------------------------------
+# One source (in a worker, or in this process with n_jobs=1)
+# --------------------------------------------------------------------------------------------
+
+#: Per-process state of the extraction, set in the parent before the pool forks (workers inherit
+#: it) or by the pool initializer under spawn; never pickled per task. "frontend": the front-end
+#: network or None; "job": (settings, cache root, width) of the running extraction. A new
+#: per-worker object (a model, a second front end) goes here, loaded lazily on first use.
+_WORKER_STATE: Dict[str, object] = {"frontend": None, "job": None}
 
 
 def _extract_source(source: Source, sr: int, clip_seconds: Optional[float], n_fft: int,
@@ -187,10 +308,62 @@ def _extract_source(source: Source, sr: int, clip_seconds: Optional[float], n_ff
         raise AudioError(name + msg[len("array"):] if msg.startswith("array") else msg) from None
 
 
-def _worker_init(frontend=None) -> None:
-    """Pool initializer: one BLAS (and torch) thread per worker (the pool already uses every core)."""
-    if frontend is not None:  # spawn: the parent's state is not inherited
-        _WORKER_STATE["frontend"] = frontend
+def _process(task: Tuple[int, Source, str], args: tuple):
+    """Everything for one source: regular-file check, hash, cache lookup, extraction, cache write.
+
+    Returns ``(index, features, starts, error, cache_hit)``; never raises for a bad source (the
+    error is the one-line message), so a worker survives any input.
+    """
+    index, source, desc = task
+    settings, cache_root, width = _WORKER_STATE["job"]
+    try:
+        path = None
+        if cache_root is not None:
+            path = _cache_path(cache_root, _content_hash(source), settings)
+            cached = _cache_load(path, width)
+            if cached is not None:
+                return index, cached[0], cached[1], None, True
+        elif not isinstance(source, np.ndarray):
+            os.close(_open_regular(str(source)))  # same refusal of FIFOs and devices without the cache
+        feats, starts = _extract_source(source, *args)
+        if path is not None:
+            _cache_store(path, feats, starts)
+        return index, feats, starts, None, False
+    except AudioError as exc:
+        return index, None, None, str(exc), False
+    except MemoryError:
+        return index, None, None, f"{desc}: out of memory", False
+    except Exception as exc:  # one bad source must not stop the batch
+        return index, None, None, f"{desc}: {type(exc).__name__}: {exc}", False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Worker watchdog: exit as soon as the parent process is gone (reparented worker)."""
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        threading.Event().wait(_PARENT_POLL_SECONDS)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker exit when its parent dies, even by SIGKILL (no cleanup runs there)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except Exception:  # no prctl (unusual libc): the watchdog below still works
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
+
+
+def _worker_init(parent_pid: int, state: Optional[dict] = None) -> None:
+    """Pool initializer: die with the parent; one BLAS (and torch) thread per worker (the pool
+    already uses every core); under spawn, the parent's state (fork inherits it)."""
+    _die_with_parent(parent_pid)
+    if state is not None:
+        _WORKER_STATE.update(state)
     try:
         from threadpoolctl import threadpool_limits
 
@@ -203,12 +376,19 @@ def _worker_init(frontend=None) -> None:
         torch.set_num_threads(1)
 
 
+_WARM: Dict[tuple, bool] = {}
+
+
 def _warm_up(sr: int, n_fft: int, hop_length: int) -> None:
     """Run the extractor once on a tiny clip so lazy imports, filter banks and any numba JIT are
-    done in the parent before worker processes fork (they inherit the warm state)."""
-    t = np.arange(int(MIN_SECONDS * sr) + n_fft, dtype=np.float32) / sr
+    done in the parent before worker processes fork (they inherit the warm state). Once per
+    process and settings: a second batch starts its workers without it."""
+    if _WARM.get((sr, n_fft, hop_length)):
+        return
+    t = np.arange(int(max(MIN_SECONDS, 1.0) * sr) + n_fft, dtype=np.float32) / sr
     extract_features((0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32), sr, n_fft=n_fft,
                      hop_length=hop_length)
+    _WARM[(sr, n_fft, hop_length)] = True
 
 
 def _pool_context():
@@ -219,7 +399,101 @@ def _pool_context():
     return multiprocessing.get_context()
 
 
-def extract_many(sources: Sequence[Source], *, sr: int = SAMPLE_RATE, clip_seconds: Optional[float] = None,
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def iter_extract(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_seconds: Optional[float] = None,
+                 n_jobs: Optional[int] = None, cache_dir: Union[None, bool, PathLike] = None,
+                 n_fft: int = N_FFT, hop_length: int = HOP_LENGTH, frontend=None,
+                 return_starts: bool = False) -> Iterator[tuple]:
+    """Features of many files or clips, streamed in completion order.
+
+    Parameters are those of :func:`extract_many` (no progress bar here: the caller counts), plus
+    ``return_starts``. ``sources`` may be any iterable, consumed lazily: at most ``2 * workers``
+    sources are read ahead, so a generator over a million files runs in bounded memory.
+
+    Yields
+    ------
+    (index, features, error) or, with ``return_starts=True``, (index, features, error, starts)
+        ``index`` is the source's position in ``sources``. On success ``features`` is the
+        (n_windows, width) float32 array (one row when ``clip_seconds`` is None), ``starts`` the
+        windows' first samples and ``error`` None; on failure ``features`` (and ``starts``) are
+        None and ``error`` is a one-line message naming the source and the problem.
+    """
+    for index, feats, starts, error, _hit in _iter_results(
+            sources, sr=sr, clip_seconds=clip_seconds, n_jobs=n_jobs, cache_dir=cache_dir, n_fft=n_fft,
+            hop_length=hop_length, frontend=frontend):
+        yield (index, feats, error, starts) if return_starts else (index, feats, error)
+
+
+def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_dir, n_fft, hop_length,
+                  frontend, n_sources: Optional[int] = None):
+    """iter_extract's engine: yields (index, features, starts, error, cache_hit)."""
+    _require_audio_deps("extract_many")
+    net = resolve_frontend(frontend)
+    width = N_FEATURES + (0 if net is None else EMBEDDING_SIZE)
+    settings = cache_settings(sr, clip_seconds, n_fft, hop_length, None if net is None else frontend_key(net))
+    if cache_dir is False:
+        cache_root = None
+    else:
+        cache_root = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir).expanduser()
+    args = (sr, clip_seconds, n_fft, hop_length)
+    if n_sources is None and hasattr(sources, "__len__"):
+        n_sources = len(sources)
+    workers = int(n_jobs) if n_jobs else _available_cores()
+    if n_sources is not None:
+        workers = min(workers, n_sources)
+    workers = max(1, workers)
+    tasks = ((i, src, _describe(src, i)) for i, src in enumerate(sources))
+
+    saved = dict(_WORKER_STATE)
+    _WORKER_STATE.update(frontend=net, job=(settings, cache_root, width))  # inherited by forked workers
+    try:
+        if workers == 1:
+            for task in tasks:
+                yield _process(task, args)
+            return
+        _warm_up(sr, n_fft, hop_length)
+        ctx = _pool_context()
+        state = None if ctx.get_start_method() == "fork" else {"frontend": net, "job": _WORKER_STATE["job"]}
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(os.getpid(), state))
+        try:
+            pending = set()
+            limit = _IN_FLIGHT_PER_WORKER * workers
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < limit:
+                    task = next(tasks, None)
+                    if task is None:
+                        exhausted = True
+                    else:
+                        fut = pool.submit(_process, task, args)
+                        fut.task = task
+                        pending.add(fut)
+                if not pending:
+                    break
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    try:
+                        yield fut.result()
+                    except Exception as exc:  # a worker died (BrokenProcessPool: killed, out of memory)
+                        index, _source, desc = fut.task
+                        yield index, None, None, f"{desc}: worker failed ({type(exc).__name__}: {exc})", False
+        finally:  # also on an early stop of the iteration (generator closed)
+            pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        _WORKER_STATE.clear()
+        _WORKER_STATE.update(saved)
+
+
+def extract_many(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_seconds: Optional[float] = None,
                  n_jobs: Optional[int] = None, cache_dir: Union[None, bool, PathLike] = None,
                  progress: Optional[bool] = None, n_fft: int = N_FFT,
                  hop_length: int = HOP_LENGTH, frontend=None) -> ExtractionResult:
@@ -232,16 +506,16 @@ def extract_many(sources: Sequence[Source], *, sr: int = SAMPLE_RATE, clip_secon
     sr : int
     clip_seconds : float or None
         None: one feature row per source (the whole clip). A number: every source is cut into
-        windows of that length (:func:`extract_windows`).
+        windows of that length (:func:`features.extract_song`).
     n_jobs : int or None
         Worker processes; None uses every available core, 1 runs in this process.
     cache_dir : None, False or path
         None: :func:`default_cache_dir`; False: no cache. Entries are keyed by the file's bytes
-        (or the array's bytes) plus ``sr``, ``clip_seconds``, ``n_fft``, ``hop_length``,
-        :data:`FEATURE_VERSION`, the librosa version and the front end's weights, so changed
-        settings never hit stale entries.
+        (or the array's bytes) plus :func:`cache_settings` (``sr``, ``clip_seconds``, ``n_fft``,
+        ``hop_length``, :data:`FEATURE_VERSION`, the librosa version and the front end's
+        weights), so changed settings never hit stale entries.
     progress : bool or None
-        Show a tqdm bar; None shows one when 20 or more sources need computing.
+        Show a tqdm bar; None shows one when 20 or more sources are given.
     n_fft, hop_length : int
     frontend : None, "none", "musicnn" or a ``frontend.MusiCNN``
         With a front end each window's row also holds its 200-d embedding (the window features,
@@ -251,82 +525,31 @@ def extract_many(sources: Sequence[Source], *, sr: int = SAMPLE_RATE, clip_secon
     Returns
     -------
     ExtractionResult
-        A source that fails (missing, undecodable, silent, ...) is logged, listed in
-        ``failures`` and skipped; the rest of the batch completes.
+        A source that fails (missing, undecodable, not audio, not a regular file, silent, ...) is
+        logged, listed in ``failures`` with a one-line message and skipped; the rest of the batch
+        completes.
     """
-    _require_audio_deps("extract_many")
     sources = list(sources)
-    net = resolve_frontend(frontend)
-    width = N_FEATURES + (0 if net is None else EMBEDDING_SIZE)
-    settings = _settings_key(sr, clip_seconds, n_fft, hop_length, None if net is None else frontend_key(net))
-    if cache_dir is False:
-        cache_root = None
-    else:
-        cache_root = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir).expanduser()
-
+    show = (len(sources) >= 20) if progress is None else bool(progress)
+    bar = tqdm(total=len(sources), desc="features", unit="file", disable=not show) if (tqdm and sources) else None
     results: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
     failures: Dict[int, str] = {}
-    cache_paths: Dict[int, Path] = {}
-    todo: List[int] = []
     hits = 0
-    for i, src in enumerate(sources):
-        if cache_root is not None:
-            try:
-                cache_paths[i] = _cache_path(cache_root, _content_hash(src), settings)
-            except OSError as exc:
-                problem = "file not found" if not Path(src).exists() else f"cannot read file ({exc.strerror or exc})"
-                failures[i] = f"{_describe(src, i)}: {problem}"
-                logger.warning("skipped %s", failures[i])
-                continue
-            cached = _cache_load(cache_paths[i], width) if cache_paths[i].exists() else None
-            if cached is not None:
-                results[i] = cached
-                hits += 1
-                continue
-        todo.append(i)
-
-    def finish(i: int, result: Tuple[np.ndarray, np.ndarray]) -> None:
-        results[i] = result
-        if i in cache_paths:
-            _cache_store(cache_paths[i], *result)
-
-    def fail(i: int, exc: BaseException) -> None:
-        msg = str(exc) if isinstance(exc, AudioError) else f"{_describe(sources[i], i)}: {type(exc).__name__}: {exc}"
-        failures[i] = msg
-        logger.warning("skipped %s", msg)
-
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, min(int(n_jobs) if n_jobs else available, len(todo)))
-    show = (len(todo) >= 20) if progress is None else bool(progress)
-    bar = tqdm(total=len(todo), desc="features", unit="file", disable=not show) if (tqdm and todo) else None
-    args = (sr, clip_seconds, n_fft, hop_length)
-    _WORKER_STATE["frontend"] = net  # this process, and the forked workers, inherit it
-    if todo and workers == 1:
-        for i in todo:
-            try:
-                finish(i, _extract_source(sources[i], *args))
-            except Exception as exc:  # one bad source must not stop the batch
-                fail(i, exc)
+    try:
+        for index, feats, starts, error, hit in _iter_results(
+                sources, sr=sr, clip_seconds=clip_seconds, n_jobs=n_jobs, cache_dir=cache_dir, n_fft=n_fft,
+                hop_length=hop_length, frontend=frontend):
+            if error is None:
+                results[index] = (feats, starts)
+                hits += bool(hit)
+            else:
+                failures[index] = error
+                logger.warning("skipped %s", error)
             if bar is not None:
                 bar.update(1)
-    elif todo:
-        _warm_up(sr, n_fft, hop_length)
-        # Each task carries one path (or one array); a worker holds one file's audio at a time.
-        ctx = _pool_context()
-        init_args = (net,) if ctx.get_start_method() != "fork" else ()
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                                 initargs=init_args) as pool:
-            futures = {pool.submit(_extract_source, sources[i], *args): i for i in todo}
-            for fut in as_completed(futures):
-                i = futures[fut]
-                try:
-                    finish(i, fut.result())
-                except Exception as exc:  # includes a crashed worker (BrokenProcessPool)
-                    fail(i, exc)
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
+    finally:
+        if bar is not None:
+            bar.close()
 
     out = ExtractionResult(cache_hits=hits)
     for i in range(len(sources)):
