@@ -49,9 +49,13 @@ def test_checkpoint_and_pretrained_folder_reload_to_identical_logits(quick_run):
     hf = MusicGenreMoE.from_pretrained(out / "hf_model").eval()
     x = torch.randn(6, 59)
     assert torch.equal(model(x).logits, hf(x).logits)
-    ckpt = torch.load(out / "moe_genre_checkpoint.pt", weights_only=False)
-    assert ckpt["genres"] == genres and np.allclose(ckpt["feat_mean"], mean)
+    # Only tensors and plain types: the safe loader reads it, nothing is unpickled beyond that.
+    ckpt = torch.load(out / "moe_genre_checkpoint.pt", weights_only=True)
+    assert ckpt["genres"] == genres and np.allclose(ckpt["feat_mean"].numpy(), mean)
+    assert isinstance(ckpt["feat_std"], torch.Tensor) and type(ckpt["config"]) is dict
     assert ckpt["train_args"]["seed"] == 0
+    again, *_ = load_moe_model(out)  # the run folder itself
+    assert torch.equal(again(x).logits, hf(x).logits)
 
 
 def test_same_seed_same_metrics(quick_run, tmp_path):
@@ -87,6 +91,45 @@ def test_split_is_stratified_and_disjoint():
     small = np.repeat(np.arange(3), 5)  # five recordings per genre, as in gtzan-mini-dev
     tr, va, te = train.split_tracks(small, [4, 1, 1], seed=0)
     assert all(np.sum(small[p] == g) >= 1 for p in (tr, va, te) for g in range(3))
+
+
+def small_dataset(n_tracks=12, windows=3, genres=("a", "b", "c"), seed=0):
+    rng = np.random.default_rng(seed)
+    labels_per_track = np.arange(n_tracks) % len(genres)
+    tracks = np.repeat(np.arange(n_tracks), windows)
+    labels = labels_per_track[tracks]
+    feats = (rng.normal(size=(len(tracks), 59)) * 10 + 100 + labels[:, None]).astype(np.float32)
+    return train.Dataset(feats, labels, tracks, [f"t{i}" for i in range(n_tracks)], list(genres), "x", [], {})
+
+
+def test_prepare_splits_and_build_model_are_what_main_uses():
+    data = small_dataset()
+    s = train.parse_settings(["--split", "2,1,1", "--seed", "4", "--hidden-size", "16"])
+    sp = train.prepare_splits(data, s)
+    assert sum(len(t) for t in sp.tracks) == 12 and not set(sp.tracks[0]) & set(sp.tracks[2])
+    for part, rows in zip(sp.tracks, sp.rows):  # windows of a track stay on its side
+        assert set(data.tracks[rows]) == set(part)
+    assert np.allclose(sp.mean, data.features[sp.rows[0]].mean(0), atol=1e-4)
+    x, y = sp.tensors[0]
+    assert torch.equal(x, torch.from_numpy(data.features[sp.rows[0]]))  # raw: the model z-scores
+    model = train.build_model(data.genres, sp.mean, sp.std, s)
+    assert model.config.genres == ["a", "b", "c"] and model.config.hidden_size == 16
+    assert np.allclose(model.config.feature_std, sp.std)
+
+
+def test_input_gradient_importance_is_per_standard_deviation():
+    """Importance of raw feature j = mean |d logit / d z_j| (z-scored units), whatever its scale."""
+    data = small_dataset()
+    s = train.parse_settings(["--split", "2,1,1"])
+    sp = train.prepare_splits(data, s)
+    torch.manual_seed(0)
+    model = train.build_model(data.genres, sp.mean, sp.std, s).eval()
+    x, y = sp.tensors[2]
+    got = train.input_gradient_importance(model, x, y)
+    mean, std = torch.from_numpy(sp.mean), torch.from_numpy(sp.std)
+    z = ((x - mean) / std).requires_grad_(True)
+    model(z * std + mean).logits.gather(1, y[:, None]).sum().backward()
+    assert np.allclose(got, z.grad.abs().mean(0).numpy(), rtol=1e-4, atol=1e-7)
 
 
 def test_unknown_flags_are_errors():
