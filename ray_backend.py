@@ -3,10 +3,10 @@
 Ray is an extra (`pip install -r requirements-ray.txt`); only this module imports it, and only
 `classify.py --ray` and `train.py --ray` import this module.
 
-- `classify_on_ray(...)`: actors (one per CPU) each load the model once, then take chunks of
-  *paths* (never audio bytes: every node reads the files from storage they all see), compute the
-  features with `batch_features.extract_many` and the batched predictions with the very function
-  the local run uses (`classify.classify_paths`). The driver writes rows, errors and resume
+- `classify_on_ray(...)`: tasks of one CPU each take chunks of *paths* (never audio bytes: every
+  node reads the files from storage they all see); each worker process loads the model once (on
+  its first chunk) and computes the features with `batch_features.extract_many` and the batched
+  predictions with the very function the local run uses (`classify.classify_paths`). The driver writes rows, errors and resume
   state through the same `classify.Outputs`, so a Ray run and a local run produce the same rows.
 - `extract_many_ray(sources, ...)`: `batch_features.extract_many` spread over Ray tasks; returns
   a `batch_features.ExtractionResult` with the same fields and indices as the local call.
@@ -27,7 +27,6 @@ from typing import Callable, List, Optional, Sequence
 
 try:
     import ray
-    from ray.util import ActorPool
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
     raise ImportError("the Ray backend needs Ray: pip install -r requirements-ray.txt") from exc
 
@@ -97,43 +96,66 @@ def _single_threaded() -> None:
         pass
 
 
-@ray.remote(num_cpus=1)
-class GenreTagger:
-    """A Ray worker: loads the model once, then classifies chunks of paths."""
+#: Per worker process: models loaded so far, by --model target. Ray reuses a worker process for
+#: many tasks, so each worker loads the model once, on its first chunk (and the feature
+#: extraction's imports and JIT warm-up are paid once per process too, shared with
+#: extract_many_ray's tasks).
+_MODELS: dict = {}
 
-    def __init__(self, model_spec: str, settings: classify.Settings):
+
+def _worker_model(target: str):
+    if target not in _MODELS:
         _single_threaded()
-        self.model = classify.load_model(model_spec)
-        self.settings = settings
+        _MODELS[target] = classify.load_model(target)
+    return _MODELS[target]
 
-    def classify(self, paths: List[str]):
-        return classify.classify_paths(self.model, paths, self.settings, n_jobs=1)
+
+@ray.remote(num_cpus=1)
+def _classify_chunk(target: str, settings: classify.Settings, paths: List[str]):
+    return classify.classify_paths(_worker_model(target), paths, settings, n_jobs=1)
+
+
+def _run_tasks(submit: Callable, items: Sequence, on_result: Callable, max_in_flight: int) -> None:
+    """Submit `submit(item)` for every item with at most `max_in_flight` running or queued (memory
+    and the driver's queue stay bounded), calling `on_result(index, result)` as each finishes."""
+    pending: dict = {}
+    nxt = 0
+    while nxt < len(items) or pending:
+        while nxt < len(items) and len(pending) < max_in_flight:
+            pending[submit(items[nxt])] = nxt
+            nxt += 1
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            k = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                raise RayJobError(f"--ray: a worker failed ({_one_line(exc)}); results so far are kept") from exc
+            on_result(k, result)
 
 
 def classify_on_ray(model_spec: str, paths: Sequence[str], settings: classify.Settings, outputs: classify.Outputs, *,
                     address: Optional[str] = None, num_cpus: Optional[int] = None, chunk_size: int = 8,
-                    num_workers: Optional[int] = None, progress: Optional[Callable[[int], None]] = None) -> None:
+                    progress: Optional[Callable[[int], None]] = None) -> None:
     """Classify `paths` on Ray, writing through `outputs` as chunks complete (any order).
 
     `model_spec` is what --model names; a local path is made absolute (it must be on storage
-    every node reads). Raises RayJobError when Ray or a worker fails as a whole; an unreadable
-    song is an ordinary failure row, as locally."""
+    every node reads). Raises RayJobError when Ray or a worker fails as a whole (rows written
+    so far stay: run again to resume); an unreadable song is an ordinary failure row, as locally."""
     kind, target = classify.resolve_model(model_spec)
     owned = init_ray(address, num_cpus)
     try:
         chunks = [list(paths[s:s + chunk_size]) for s in range(0, len(paths), chunk_size)]
-        n = min(num_workers or _cluster_cpus(), len(chunks))
-        pool = ActorPool([GenreTagger.remote(target, settings) for _ in range(n)])
-        try:
-            # ActorPool keeps one chunk in flight per actor and queues the rest in the driver (paths
-            # only), so memory on every node stays one song per worker.
-            for records, failures in pool.map_unordered(lambda actor, chunk: actor.classify.remote(chunk), chunks):
-                outputs.write(records, failures)
-                if progress is not None:
-                    progress(len(records) + len(failures))
-        except ray.exceptions.RayError as exc:
-            raise RayJobError(f"--ray: a worker failed ({_one_line(exc)}); rows written so far are kept, "
-                              f"run again to resume") from exc
+
+        def write(_k, result):
+            records, failures = result
+            outputs.write(records, failures)
+            if progress is not None:
+                progress(len(records) + len(failures))
+
+        # Two chunks per CPU in flight: a worker never waits for the driver between chunks.
+        _run_tasks(lambda chunk: _classify_chunk.remote(target, settings, chunk), chunks, write,
+                   2 * _cluster_cpus())
     finally:
         if owned:
             ray.shutdown()
@@ -175,7 +197,7 @@ def _merge(results: Sequence[ExtractionResult], offsets: Sequence[int]) -> Extra
 def extract_many_ray(sources: Sequence, *, sr: int = SAMPLE_RATE, clip_seconds: Optional[float] = None,
                      cache_dir=None, address: Optional[str] = None, num_cpus: Optional[int] = None,
                      chunk_size: int = 8, progress: Optional[bool] = None, n_fft: int = N_FFT,
-                     hop_length: int = HOP_LENGTH) -> ExtractionResult:
+                     hop_length: int = HOP_LENGTH, frontend=None) -> ExtractionResult:
     """`batch_features.extract_many` on Ray: same arguments and result (ok indices, failures,
     cache hits, and every per-song field), tasks of `chunk_size` sources with one CPU each.
 
@@ -186,32 +208,27 @@ def extract_many_ray(sources: Sequence, *, sr: int = SAMPLE_RATE, clip_seconds: 
     sources = list(sources)
     shipped = [s if not isinstance(s, (str, os.PathLike)) else os.path.abspath(os.fspath(s)) for s in sources]
     kwargs = dict(sr=sr, clip_seconds=clip_seconds, cache_dir=cache_dir, n_fft=n_fft, hop_length=hop_length)
+    if frontend is not None:  # "musicnn" or a front-end module (pickled to the workers once per task)
+        kwargs["frontend"] = frontend
     owned = init_ray(address, num_cpus)
     try:
         offsets = list(range(0, len(sources), chunk_size))
-        max_in_flight = 2 * _cluster_cpus()  # bounds the audio arrays held in the object store
         results: dict = {}
-        pending: dict = {}
         show = (len(sources) >= 20) if progress is None else bool(progress)
         try:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(sources), desc="features (ray)", unit="file", disable=not show)
         except ImportError:  # pragma: no cover
             bar = None
-        todo = list(enumerate(offsets))
-        while todo or pending:
-            while todo and len(pending) < max_in_flight:
-                k, off = todo.pop(0)
-                pending[_extract_chunk.remote(shipped[off:off + chunk_size], kwargs)] = k
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                k = pending.pop(ref)
-                try:
-                    results[k] = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    raise RayJobError(f"--ray: feature task failed ({_one_line(exc)})") from exc
-                if bar is not None:
-                    bar.update(min(chunk_size, len(sources) - offsets[k]))
+
+        def keep(k, result):
+            results[k] = result
+            if bar is not None:
+                bar.update(min(chunk_size, len(sources) - offsets[k]))
+
+        # In flight: two chunks per CPU, which also bounds the audio arrays in the object store.
+        _run_tasks(lambda off: _extract_chunk.remote(shipped[off:off + chunk_size], kwargs), offsets, keep,
+                   2 * _cluster_cpus())
         if bar is not None:
             bar.close()
         merged = _merge([results[k] for k in range(len(offsets))], offsets)

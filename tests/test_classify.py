@@ -386,4 +386,5 @@ def test_extract_many_ray_matches_extract_many(local_ray, library):
     for a, b in zip(remote.features, local.features):
         # Ray tasks run BLAS on one thread, this process on several: float32 rounding may differ.
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert [s.tolist() for s in remote.starts] == [s.tolist() for s in local.starts]
+    if _has_starts():
+        assert [s.tolist() for s in remote.starts] == [s.tolist() for s in local.starts]
