@@ -260,8 +260,8 @@ def build_demo(model, title="music-genre-moe"):
                             "mean features as the genre's prototype (no training), and from then on songs are "
                             "also compared with it. Only your browser session sees the new genre.")
                 new_name = gr.Textbox(label="Genre name", placeholder="e.g. reggae", elem_id="new-genre")
-                new_files = gr.File(file_count="multiple", label="Example recordings (3-5 is plenty)",
-                                    elem_id="new-genre-files")
+                new_files = gr.File(file_count="multiple", file_types=["audio"], elem_id="new-genre-files",
+                                    label="Example recordings (3-5 is plenty)")
                 teach = gr.Button("Learn this genre", elem_id="teach")
                 teach_status = gr.Markdown(elem_id="teach-status")
 
@@ -285,7 +285,7 @@ def launch(demo, host="127.0.0.1", port=7860, **kwargs):
     import gradio as gr
 
     return demo.launch(server_name=host, server_port=port, theme=gr.themes.Default(**THEME_FONTS), css=CSS,
-                       max_file_size="200mb", footer_links=["api"], **kwargs)
+                       max_file_size="200mb", footer_links=["api"], allowed_paths=[str(EXAMPLES_DIR)], **kwargs)
 
 
 # -- a Space beside the model repo ----------------------------------------------------------------
@@ -314,17 +314,35 @@ few recordings. The model loads with `trust_remote_code` from its repo; this Spa
 """
 
 
+def _module_files(name, found=None):
+    """`name` and the project modules it imports at module level, recursively (what the Space must hold)."""
+    import ast
+
+    found = found if found is not None else []
+    found.append(name)
+    for node in ast.parse((HERE / name).read_text(encoding="utf-8")).body:
+        modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+        for module in modules:
+            file = module.split(".")[0] + ".py"
+            if (HERE / file).is_file() and file not in found:
+                _module_files(file, found)
+    return found
+
+
 def write_space(folder, model_repo):
-    """A ready-to-push Space folder: app.py, plots.py, requirements.txt, README.md, the examples."""
+    """A ready-to-push Space folder: app.py and the modules it imports (plots.py), requirements.txt,
+    README.md, the examples. The model and its code come from `model_repo` when the Space starts."""
     if not REPO_ID.match(model_repo):
         raise ValueError(f"--write-space needs --model to be a Hub repo id (owner/name), got {model_repo!r}")
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("app.py", "plots.py"):
+    for name in _module_files("app.py"):
         shutil.copy2(HERE / name, out / name)
     reqs = [line for f in ("requirements.txt", "requirements-app.txt")
             for line in (HERE / f).read_text().splitlines() if line.strip() and not line.startswith(("#", "-r"))]
-    (out / "requirements.txt").write_text("\n".join(reqs) + "\n")
+    cpu_torch = "--extra-index-url https://download.pytorch.org/whl/cpu"  # a CPU Space: not the CUDA wheel
+    (out / "requirements.txt").write_text("\n".join([cpu_torch] + reqs) + "\n")
     (out / "README.md").write_text(space_readme(model_repo), encoding="utf-8")
     if EXAMPLES_DIR.is_dir():
         shutil.copytree(EXAMPLES_DIR, out / "examples", dirs_exist_ok=True,
@@ -348,7 +366,9 @@ def main(argv=None):
             out = write_space(args.write_space, source)
         except ValueError as e:
             p.error(str(e))
-        print(f"Space folder written to {out}; push it with: hf upload <you>/<space-name> {out} --repo-type space")
+        print(f"Space folder written to {out}; push it with:\n"
+              f"  hf repos create <you>/<space-name> --type space --space-sdk gradio\n"
+              f"  hf upload <you>/<space-name> {out} --repo-type space")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

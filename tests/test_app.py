@@ -130,7 +130,7 @@ def test_browser_not_audio_shows_a_readable_message(server, browser, not_audio, 
     from selenium.webdriver.support.ui import WebDriverWait
 
     status = _open_and_upload(browser, server, not_audio)
-    assert status.text.startswith("Could not classify shopping-list.wav: cannot decode audio"), status.text
+    assert status.text.startswith("Could not classify shopping-list.wav: ") and "audio" in status.text, status.text
     assert "Traceback" not in browser.page_source and "/tmp/" not in status.text
     # A file that does not even claim to be audio: Gradio's own upload check says so in a notice.
     text = tmp_path / "notes.txt"
@@ -155,7 +155,7 @@ def test_gradio_client_classifies_and_learns_a_genre(server, song, not_audio, mo
     assert timeline and gates  # both figures were sent
 
     status, label, _, _ = client.predict(handle_file(str(not_audio)), api_name="/classify")
-    assert status.startswith("**Could not classify shopping-list.wav:** cannot decode audio") and not label
+    assert status.startswith("**Could not classify shopping-list.wav:** ") and "audio" in status and not label
 
     taught = client.predict("sea shanty", [handle_file(str(song))], api_name="/learn_genre")
     assert "Learned **sea shanty**" in taught, taught
