@@ -738,7 +738,7 @@ def pretty_predict(name, probs, gate_weights, pred, genres, width=30):
 
 
 def _feature_name(index):
-    return FEATURE_NAMES[index] if index < len(FEATURE_NAMES) else f"frontend_{index - len(FEATURE_NAMES)}"
+    return FEATURE_NAMES[index] if index < len(FEATURE_NAMES) else f"front-end unit {index - len(FEATURE_NAMES)}"
 
 
 def _is_single_vector(features):

@@ -36,7 +36,7 @@ from atomic_files import (clean_stale_partials, move_into_place, partial_folder,
                           write_text)
 from configuration import MusicGenreMoEConfig
 from batch_features import extract_many
-from features import FEATURE_GROUPS, FEATURE_NAMES, SAMPLE_RATE, load_audio
+from features import FEATURE_GROUPS, FEATURE_NAMES, N_FEATURES, SAMPLE_RATE, load_audio
 from fewshot import batch_prototypical_loss
 from modeling import MusicGenreMoE
 
@@ -114,7 +114,13 @@ MODEL_FLAGS = {
     "expert_type": dict(help="Expert layers: 'mlp' (residual MLP blocks) or 'kan' (Kolmogorov-Arnold, kan.py; "
                              "several times slower).", choices=("mlp", "kan")),
     "clip_seconds": dict(help="Window length: recordings are cut into windows of this length, one feature row "
-                              "each.", unit="seconds", lo=0.5, hi=600),
+                              "each.", unit="seconds", lo=1.0, hi=600),
+    "frontend": dict(help="Pretrained front end under the experts: 'musicnn' adds each window's 200-d musicnn "
+                          "embedding (frontend.py, frozen) to its 59 features; 'none' uses the features alone.",
+                     choices=("none", "musicnn")),
+    "prototype_space": dict(help="Where add_genre prototypes live: 'features' (the z-scored model input), "
+                                 "'frontend' (the z-scored musicnn embedding; needs --frontend musicnn) or "
+                                 "'embedding' (the fused expert output).", choices=("features", "frontend", "embedding")),
     "encoder_dropout": dict(help="Dropout after the shared encoder.", unit="probability", lo=0, hi=1, hi_open=True),
     "classifier_dropout": dict(help="Dropout in the classifier head.", unit="probability", lo=0, hi=1,
                                hi_open=True),
@@ -319,7 +325,8 @@ def load_synthetic(s, genres=None):
 
     genres = genres or _pick_genres(list(GENRE_GENERATORS), s.genres)
     clips, labels = generate_dataset(s.n_per_genre, seed=s.seed, genres=genres, sr=SAMPLE_RATE)
-    result = extract_many(clips, sr=SAMPLE_RATE, n_jobs=s.n_jobs, cache_dir=_cache(s))
+    # One row per synthetic clip (each is about one window long), as the seed did.
+    result = extract_many(clips, sr=SAMPLE_RATE, n_jobs=s.n_jobs, cache_dir=_cache(s), frontend=s.model["frontend"])
     if result.failures:
         raise RuntimeError(f"synthetic clips failed feature extraction: {result.failures[:3]}")
     feats = np.concatenate(result.features).astype(np.float32)
@@ -361,7 +368,8 @@ def list_recordings(data_dir, genres=None):
 def load_folder(s, listed=None):
     paths, labels, genres = listed or list_recordings(s.data_dir, s.genres)
     clip_seconds = s.model["clip_seconds"]
-    result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=clip_seconds, n_jobs=s.n_jobs, cache_dir=_cache(s))
+    result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=clip_seconds, n_jobs=s.n_jobs, cache_dir=_cache(s),
+                          frontend=s.model["frontend"])
     # Unreadable files drop out: the split must still find enough readable recordings per genre.
     readable = np.bincount(labels[np.asarray(result.ok, dtype=int)], minlength=len(genres)).tolist()
     try:
@@ -424,9 +432,19 @@ def split_tracks(track_labels, proportions, seed):
 
 
 def feature_stats(x):
-    """Per-feature mean and std of the training rows; a constant feature gets std 1 (no blow-up)."""
+    """Per-input mean and std of the training rows (x: (rows, 59) or (rows, 59 + embedding)).
+
+    A constant feature among the 59 gets std 1 (no blow-up). The front end's embedding units are
+    ReLU outputs: on a small training set some are zero almost everywhere yet fire on other music,
+    where a tiny std would turn them into z-scores in the millions. Their std is floored at a tenth
+    of the embedding's median std, which keeps every unit on one scale.
+    """
     mean, std = x.mean(0), x.std(0)
-    return mean, np.where(std < 1e-8, 1.0, std)
+    std = np.where(std < 1e-8, 1.0, std)
+    if x.shape[1] > N_FEATURES:
+        emb = std[N_FEATURES:]
+        std[N_FEATURES:] = np.maximum(emb, 0.1 * np.median(emb))
+    return mean, std
 
 
 @dataclass
@@ -456,6 +474,15 @@ def prepare_splits(data, s):
     return Splits(tracks, rows, mean.astype(np.float32), std.astype(np.float32), tensors)
 
 
+def input_names(config):
+    """(names, groups) of the model's input columns: the 59 features, then the front end's units."""
+    extra = [f"{config.frontend}_{i}" for i in range(config.frontend_size)]
+    groups = dict(FEATURE_GROUPS)
+    if extra:
+        groups[config.frontend] = list(range(N_FEATURES, N_FEATURES + len(extra)))
+    return list(FEATURE_NAMES) + extra, groups
+
+
 def build_model(genres, mean, std, s):
     """A fresh MusicGenreMoE for `genres` from the settings' model flags, with the training stats."""
     try:
@@ -464,7 +491,10 @@ def build_model(genres, mean, std, s):
                                      **s.model)
     except (ValueError, TypeError) as e:
         raise SettingsError(f"model flags: {e}") from e
-    return MusicGenreMoE(config)
+    model = MusicGenreMoE(config)
+    if config.frontend != "none":  # a new model's front end starts from the pretrained weights
+        model.load_pretrained_frontend()
+    return model
 
 
 # -- training ---------------------------------------------------------------------------------------
@@ -797,7 +827,8 @@ def write_figures(out, model, data, inputs, history, best_epoch, metrics, test, 
     plots.roc_curves(y, probs, genres, out / "roc_curves.png")
     plots.radar_charts(gm, genres, out / "radar_charts.png")
     importance = input_gradient_importance(model, *inputs[2])
-    plots.feature_importance(importance, FEATURE_NAMES, FEATURE_GROUPS, out / "feature_importance.png")
+    names, groups = input_names(model.config)
+    plots.feature_importance(importance, names, groups, out / "feature_importance.png")
     cal = metrics["calibration"]
     centres, acc, counts = evaluation.reliability_curve(y, probs)
     _, acc_t, _ = evaluation.reliability_curve(y, evaluation.softmax(logits, cal["temperature"]))
