@@ -132,8 +132,10 @@ def is_gtzan(metrics):
 
 def uses_section(metrics, genres):
     research = " for research" if is_gtzan(metrics) else ""
+    synthetic = ("\n*This run was trained on synthetic audio only: use it to try the code, the routing and the "
+                 "loading, not to tag real music.*\n" if is_synthetic(metrics) else "")
     return f"""## Intended uses
-
+{synthetic}
 - Tagging music{research} with one of the genres it was trained on ({', '.join(genres)}), from audio files or
   waveforms of any length (5-second windows averaged) or from the 59 features.
 - Looking at *why*: the gate weights say which genre experts a clip was routed to.
@@ -417,7 +419,8 @@ def files_section(files):
 FIGURE_CAPTIONS = {
     "confusion_matrix.png": "Confusion matrix of the test split",
     "expert_gates.png": "Mean gate weight per genre and expert, and each genre's self-activation",
-    "radar_charts.png": "Gate weights per genre as a routing profile (the heat map above, one polar plot per genre)",
+    "radar_charts.png": "Gate weights per genre as routing profiles (the rows of the gate heat map, one polar plot "
+                        "per genre)",
     "roc_curves.png": "One-vs-rest ROC curves of the test split, AUC per genre",
     "calibration.png": "Reliability diagram of the test split",
     "training_curves.png": "Loss terms and accuracy per epoch, the kept epoch marked",
