@@ -131,20 +131,30 @@ def analyse(model, path):
 
 
 def gate_heatmap(windows, experts, title="Which expert the gate trusted, window by window"):
-    """Experts x windows image of the per-window gate weights (a Figure), or None without them."""
+    """Experts x time image of the per-window gate weights (a Figure), or None without them.
+
+    Same width, margins and time axis as `plots.genre_timeline`, so the two line up on the page.
+    """
     if not windows or "gate_weights" not in windows[0]:
         return None
-    weights = np.array([[float(w["gate_weights"].get(e, 0.0)) for e in experts] for w in windows]).T
-    starts = [float(w["start"]) for w in windows]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(experts) + 1.6))
-    im = ax.imshow(weights, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_yticks(range(len(experts)), [f"{e} expert" for e in experts])
-    step = max(1, int(np.ceil(len(windows) / 12)))
-    ticks = list(range(0, len(windows), step))
-    ax.set_xticks(ticks, [f"{int(starts[i] // 60)}:{int(starts[i] % 60):02d}" for i in ticks])
-    ax.set(xlabel="window start (m:ss)", title=title)
-    fig.colorbar(im, ax=ax, label="gate weight", fraction=0.03, pad=0.02)
-    fig.tight_layout()
+    weights = np.array([[float(w["gate_weights"].get(e, 0.0)) for e in experts] for w in windows])
+    starts = np.array([float(w["start"]) for w in windows])
+    widths = np.array([float(w["end"]) - float(w["start"]) for w in windows])
+    cmap, norm = plt.get_cmap("viridis"), plt.Normalize(0, 1)
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(experts) + 1.3))
+    for row, expert in enumerate(experts):  # one row of cells per expert, the first at the top
+        ax.bar(starts, 1, width=widths, bottom=len(experts) - 1 - row, align="edge",
+               color=cmap(norm(weights[:, row])), edgecolor="white", linewidth=0.3)
+    end = float((starts + widths).max())
+    ticks = np.unique(np.concatenate([starts, starts + widths]))  # window edges
+    step = max(1, int(np.ceil(len(ticks) / 12)))
+    ax.set_xticks(ticks[::step], [f"{int(t // 60)}:{int(t % 60):02d}" for t in ticks[::step]])
+    ax.set_yticks(np.arange(len(experts)) + 0.5, [f"{e} expert" for e in experts][::-1])
+    ax.set(xlim=(0, end), ylim=(0, len(experts)), xlabel="time in the song (m:ss)", title=title)
+    fig.subplots_adjust(left=0.17, right=0.83, bottom=0.8 / fig.get_figheight(), top=1 - 0.35 / fig.get_figheight())
+    box = ax.get_position()
+    cax = fig.add_axes([box.x1 + 0.015, box.y0, 0.015, box.height])
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, label="gate weight")
     return fig
 
 

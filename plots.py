@@ -202,13 +202,13 @@ def genre_timeline(windows, genres, path=None, title="Genre probabilities across
                edgecolor="white", linewidth=0.5, label=genre)
         bottom += probs[:, i]
     end = float((starts + widths).max())
-    ticks = np.unique(np.concatenate([starts, [end]]))
+    ticks = np.unique(np.concatenate([starts, starts + widths]))  # window edges
     step = max(1, int(np.ceil(len(ticks) / 12)))  # at most about a dozen labels
     ax.set_xticks(ticks[::step], [f"{int(t // 60)}:{int(t % 60):02d}" for t in ticks[::step]])
     ax.set(xlim=(0, end), ylim=(0, 1), xlabel="time in the song (m:ss)", ylabel="probability", title=title)
     handles, labels = ax.get_legend_handles_labels()  # top to bottom, as stacked
     ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.17, right=0.83, bottom=0.17, top=0.9)  # fixed: lines up with app.py's gate plot
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
