@@ -60,8 +60,9 @@ class TrainSettings:
     out: str = _opt("runs/latest", "Run folder to write; it is built in a hidden sibling folder and moved into "
                     "place only when complete.", unit="path")
     overwrite: bool = _opt(False, "Replace an existing non-empty --out (without it such a folder is refused).")
-    data_dir: str | None = _opt(None, "Folder of your own recordings laid out as " + LAYOUT + "; without it the "
-                                "model trains on synthetic audio.", unit="path")
+    data_dir: list | None = _opt(None, "Folder of your own recordings laid out as " + LAYOUT + "; give it more "
+                                 "than once to merge folders by genre name; without it the model trains on "
+                                 "synthetic audio.", unit="path")
     genres: str | None = _opt(None, "Comma-separated subset of the genres to train on, at least two "
                               "(default: every genre).", unit="names")
     n_per_genre: int = _opt(180, "Synthetic clips generated per genre (ignored with --data-dir).", unit="clips",
@@ -178,6 +179,8 @@ def _add_flag(p, name, t, default, meta, model=False):
     text = text.replace("%", "%%")
     if isinstance(default, bool):
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+    elif name == "data_dir":  # repeatable: --data-dir A --data-dir B
+        p.add_argument(flag, action="append", type=_text, default=None, help=text, metavar="PATH")
     elif meta.get("choices"):
         p.add_argument(flag, choices=meta["choices"], default=default, help=text)
     else:
@@ -316,7 +319,7 @@ def list_data(s):
         check_genres(genres, [s.n_per_genre] * len(genres), s, "--n-per-genre")
         return genres, None, None
     paths, labels, genres = list_recordings(s.data_dir, s.genres)
-    check_genres(genres, np.bincount(labels, minlength=len(genres)).tolist(), s, f"--data-dir {s.data_dir}")
+    check_genres(genres, np.bincount(labels, minlength=len(genres)).tolist(), s, f"--data-dir {', '.join(s.data_dir)}")
     return genres, paths, labels
 
 
@@ -342,9 +345,8 @@ def _audio_files(folder):
                   and f.is_file() and not f.name.startswith("."))
 
 
-def list_recordings(data_dir, genres=None):
-    """(paths, genre indices, genres) for a folder holding one sub-folder of recordings per genre."""
-    root = Path(data_dir).expanduser()
+def _genre_folders(root):
+    """A data folder's genre sub-folder names, or a SettingsError saying what is wrong with it."""
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a folder"
         raise FileNotFoundError(f"--data-dir {root} {what}; expected layout {LAYOUT}")
@@ -353,16 +355,31 @@ def list_recordings(data_dir, genres=None):
         loose = [f for f in root.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS]
         found = f"holds {len(loose)} audio files but no genre sub-folders" if loose else "has no genre sub-folders"
         raise SettingsError(f"--data-dir {root} {found}; expected layout {LAYOUT}")
-    genres = _pick_genres(available, genres)
+    return available
+
+
+def list_recordings(data_dirs, genres=None):
+    """(paths, genre indices, genres) for one or more folders holding one sub-folder of recordings per genre.
+
+    Several folders merge by genre name: `rock/` of every folder is one genre.
+    """
+    roots = [Path(d).expanduser() for d in ([data_dirs] if isinstance(data_dirs, (str, os.PathLike)) else data_dirs)]
+    folders = {root: _genre_folders(root) for root in roots}
+    genres = _pick_genres(sorted(set().union(*folders.values())), genres)
     paths, labels = [], []
     for i, g in enumerate(genres):
-        files = _audio_files(root / g)
+        files = [f for root in roots if g in folders[root] for f in _audio_files(root / g)]
         if not files:
-            raise SettingsError(f"--data-dir {root}: sub-folder {g}/ holds no audio files "
+            raise SettingsError(f"--data-dir {', '.join(map(str, roots))}: sub-folder {g}/ holds no audio files "
                                 f"({', '.join(AUDIO_EXTENSIONS)}); expected layout {LAYOUT}")
         paths += files
         labels += [i] * len(files)
     return paths, np.asarray(labels), genres
+
+
+def data_roots(data):
+    """The data folders a Dataset of recordings came from (its `source`, os.pathsep-joined)."""
+    return [Path(p) for p in data.source.split(os.pathsep)]
 
 
 def load_folder(s, listed=None):
@@ -373,7 +390,7 @@ def load_folder(s, listed=None):
     # Unreadable files drop out: the split must still find enough readable recordings per genre.
     readable = np.bincount(labels[np.asarray(result.ok, dtype=int)], minlength=len(genres)).tolist()
     try:
-        check_genres(genres, readable, s, f"--data-dir {s.data_dir} (readable recordings)")
+        check_genres(genres, readable, s, f"--data-dir {', '.join(s.data_dir)} (readable recordings)")
     except SettingsError as e:
         raise SettingsError(f"{e}; skipped: {result.failures[:3]}") from None
     feats, rows_label, rows_track, names = [], [], [], []
@@ -388,7 +405,8 @@ def load_folder(s, listed=None):
         if first is not None:
             examples[g] = load_audio(first, sr=SAMPLE_RATE)[: int(clip_seconds * SAMPLE_RATE)]
     return Dataset(np.concatenate(feats).astype(np.float32), np.asarray(rows_label), np.asarray(rows_track),
-                   names, genres, str(Path(s.data_dir).expanduser()), list(result.failures), examples)
+                   names, genres, os.pathsep.join(str(Path(d).expanduser()) for d in s.data_dir),
+                   list(result.failures), examples)
 
 
 def _pick_genres(available, wanted):
@@ -684,7 +702,14 @@ def main(argv=None, log=print):
         for path, reason in data.skipped:
             log(f"skipped {path}: {reason}")
         metrics = train_and_write(tmp, data, s, timings, t0, log)
-        check_out(out, s.overwrite)  # another process may have written --out meanwhile
+        try:
+            check_out(out, s.overwrite)  # another process may have written --out meanwhile
+        except SettingsError:
+            # Neither the finished run nor what appeared in --out may be lost: keep ours beside it.
+            kept = out.with_name(f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            os.rename(tmp, kept)
+            raise SettingsError(f"--out {out} was filled by someone else during training; this run was kept "
+                                f"in {kept}") from None
         move_into_place(tmp, out, RUN_KIND)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -697,7 +722,7 @@ def train_and_write(folder, data, s, timings, t0, log=print):
     """Everything after the features: split, train, evaluate, save and plot into `folder`."""
     genres = data.genres
     sp = prepare_splits(data, s)
-    log(f"data: {'synthetic' if data.source == 'synthetic' else Path(data.source).name}, {len(genres)} genres, "
+    log(f"data: {'synthetic' if data.source == 'synthetic' else '+'.join(r.name for r in data_roots(data))}, {len(genres)} genres, "
         f"tracks train/val/test {'/'.join(str(len(p)) for p in sp.tracks)}, "
         f"windows {'/'.join(str(len(r)) for r in sp.rows)}")
     model = build_model(genres, sp.mean, sp.std, s)
@@ -733,27 +758,32 @@ def train_and_write(folder, data, s, timings, t0, log=print):
 def dataset_summary(data, s, sp):
     """What metrics.json says about the data: names relative to the data folder, no path of this machine."""
     synthetic = data.source == "synthetic"
-    root = None if synthetic else Path(data.source)
-    return {"name": "synthetic" if synthetic else root.name,
+    roots = [] if synthetic else data_roots(data)
+    return {"name": "synthetic" if synthetic else "+".join(r.name for r in roots),
             "source": "synthetic" if synthetic else "data-dir",
             "genres": list(data.genres),
             "n_tracks": [len(p) for p in sp.tracks], "n_windows": [len(r) for r in sp.rows],
             "split": f"stratified by {'clip' if synthetic else 'recording'}, "
                      f"proportions {s.split} (train,val,test), seed {s.seed}",
-            "skipped": [[_relative(p, root), _relative_text(r, root)] for p, r in data.skipped]}
+            "skipped": [[_relative(p, roots), _relative_text(r, roots)] for p, r in data.skipped]}
 
 
-def _relative(path, root):
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return Path(path).name
+def _relative(path, roots):
+    """A recording's path relative to its data folder (prefixed with the folder's name when several)."""
+    for root in roots:
+        try:
+            rel = Path(path).relative_to(root).as_posix()
+        except ValueError:
+            continue
+        return rel if len(roots) == 1 else f"{root.name}/{rel}"
+    return Path(path).name
 
 
-def _relative_text(text, root):
-    """An error message with the data folder's absolute path cut out (decoders name the file)."""
-    for prefix in {str(root), str(root.resolve())}:
-        text = text.replace(prefix + os.sep, "").replace(prefix, root.name)
+def _relative_text(text, roots):
+    """An error message with the data folders' absolute paths cut out (decoders name the file)."""
+    for root in roots:
+        for prefix in {str(root), str(root.resolve())}:
+            text = text.replace(prefix + os.sep, "" if len(roots) == 1 else root.name + "/").replace(prefix, root.name)
     return text
 
 
@@ -762,7 +792,7 @@ def public_settings(s):
     args = dataclasses.asdict(s)
     args.pop("out")
     if args["data_dir"] is not None:
-        args["data_dir"] = Path(args["data_dir"]).expanduser().name
+        args["data_dir"] = [Path(d).expanduser().name for d in args["data_dir"]]
     if args["cache_dir"] not in (None, "none"):
         args["cache_dir"] = "custom"
     return args

@@ -216,6 +216,24 @@ def test_overwrite_replaces_the_whole_run(tmp_path, fast_extraction):
     assert partials(tmp_path, "run") == []
 
 
+def test_out_filled_during_training_keeps_both(tmp_path, fast_extraction, monkeypatch):
+    out = tmp_path / "run"
+    real = train.train_and_write
+
+    def meanwhile(*a, **k):
+        m = real(*a, **k)
+        out.mkdir()
+        (out / "theirs.txt").write_text("another run's file")
+        return m
+
+    monkeypatch.setattr(train, "train_and_write", meanwhile)
+    with pytest.raises(train.SettingsError, match="kept in") as e:
+        train.main(["--out", str(out), "--no-plots", *FAST], log=quiet)
+    kept = Path(str(e.value).rsplit("kept in ", 1)[1])
+    assert (kept / "metrics.json").is_file() and (out / "theirs.txt").read_text() == "another run's file"
+    assert partials(tmp_path, "run") == []
+
+
 def test_nan_metric_is_an_error_naming_it_and_nothing_is_written(tmp_path, fast_extraction, monkeypatch):
     real = train.evaluation.classification_metrics
 
@@ -240,7 +258,7 @@ def test_data_dir_run_publishes_no_path_of_this_machine(tmp_path, fast_extractio
     metrics = json.loads(text)
     assert metrics["dataset"]["name"] == "my-recordings"
     assert [p for p, _ in metrics["dataset"]["skipped"]] == ["rock/broken.wav"]
-    assert metrics["train_args"]["data_dir"] == "my-recordings" and "out" not in metrics["train_args"]
+    assert metrics["train_args"]["data_dir"] == ["my-recordings"] and "out" not in metrics["train_args"]
 
 
 def test_checkpoint_reads_with_weights_only(tmp_path, fast_extraction):
