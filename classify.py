@@ -552,9 +552,12 @@ class Outputs:
         if self.timeline_dir is not None:
             for r in records:
                 self._timeline(r)
-        good = [r for r in records if "\n" not in r["path"] and "\r" not in r["path"]]
-        bad = [(r["path"], "the path contains a line break, which one CSV line cannot hold")
-               for r in records if r not in good]
+        good, bad = [], []
+        for r in records:
+            if "\n" in r["path"] or "\r" in r["path"]:  # resume reads the CSV line by line
+                bad.append((r["path"], "the path contains a line break, which one CSV line cannot hold"))
+            else:
+                good.append(r)
         self.rows.append(csv_row(r, self.genres) for r in good)
         self.errors.append(list(failures) + bad)
         self.done_rows.extend([r["path"], r["genre"]] for r in good)
@@ -630,7 +633,7 @@ def parse_args(argv=None):
     p.add_argument("--top-k", type=int, default=3, help="genres listed per song (default 3)")
     p.add_argument("--n-jobs", type=int, help="feature worker processes (default: every core)")
     p.add_argument("--chunk-size", type=int,
-                   help="songs per feature job and per batched forward (default: 8 per worker, at least 32; Ray: 8)")
+                   help="songs per feature job and per batched forward (default: 8 per worker; Ray: 8 per task)")
     p.add_argument("--batch-windows", type=int, default=4096, help="most windows per forward pass (default 4096)")
     p.add_argument("--cache-dir",
                    help="feature cache folder (default: none; resuming already skips finished songs)")
@@ -655,6 +658,9 @@ def validate(args) -> dict:
     if args.ray is not None and args.ray and not _RAY_ADDRESS.match(args.ray):
         raise UsageError(f"--ray {args.ray}: not a Ray address (auto, HOST:PORT or ray://HOST:PORT); "
                          f"put PATHs before --ray or write --ray=ADDRESS")
+    if args.n_jobs is not None and args.ray is not None:
+        raise UsageError(f"--n-jobs {args.n_jobs}: only for the local pool; on Ray every CPU is a worker "
+                         f"(--ray-cpus sets a local Ray's)")
     if args.ray_cpus is not None and args.ray is None:
         raise UsageError(f"--ray-cpus {args.ray_cpus}: only used with --ray")
     address = (args.ray or os.environ.get("RAY_ADDRESS") or None) if args.ray is not None else None
@@ -767,7 +773,7 @@ def main(argv=None) -> int:
                                         num_cpus=args.ray_cpus, chunk_size=args.chunk_size or 8, progress=progress)
         elif todo:
             n_jobs = args.n_jobs or available_cpus()
-            run_local(model, todo, settings, outputs, n_jobs, args.chunk_size or max(8 * n_jobs, 32), progress)
+            run_local(model, todo, settings, outputs, n_jobs, args.chunk_size or 8 * n_jobs, progress)
     except KeyboardInterrupt:
         code = 130
     except Exception as exc:

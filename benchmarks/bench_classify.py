@@ -12,7 +12,7 @@ Usage::
     python benchmarks/bench_classify.py                 # 200 songs (a few minutes on 2 cores)
     python benchmarks/bench_classify.py --n 40          # quicker
     python benchmarks/bench_classify.py --model runs/latest --n-jobs 2
-    python benchmarks/bench_classify.py --baseline-sample 50   # time predict_audio on 50 songs, scale
+    python benchmarks/bench_classify.py --baseline-sample 50   # predict_audio timed on 50 of the songs
 """
 
 from __future__ import annotations
@@ -130,16 +130,27 @@ def main(argv=None) -> int:
 
         base = paths[: args.baseline_sample] if args.baseline_sample else paths
         b_wall, b_cpu = time_predict_audio(model, base)
+        # The same calls with one torch thread: on a busy machine torch's default intra-op threads
+        # spend more time waiting for each other than computing on a few windows.
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        b1_wall, b1_cpu = time_predict_audio(model, base)
+        torch.set_num_threads(threads)
         extra = ["--n-jobs", str(args.n_jobs)] if args.n_jobs else []
         c_wall, c_cpu = time_classify(paths, spec, tmp / "predictions.csv", extra)
 
     rows = [(f"model.predict_audio, song by song ({len(base)} timed)", len(base), b_wall, b_cpu),
+            (f"  the same, torch.set_num_threads(1)", len(base), b1_wall, b1_cpu),
             (f"classify.py (pool of {args.n_jobs or classify.available_cpus()}, batched)", args.n, c_wall, c_cpu)]
     report(rows)
     speed = (args.n / c_wall) / (len(base) / b_wall)
     cpu = (c_cpu / args.n) / (b_cpu / len(base))
     print(f"\nclassify.py: {speed:.2f}x the songs per minute of predict_audio song by song; "
           f"{cpu:.2f}x its CPU seconds per song")
+    print(f"against predict_audio with one torch thread: {(args.n / c_wall) / (len(base) / b1_wall):.2f}x the songs "
+          f"per minute, {(c_cpu / args.n) / (b1_cpu / len(base)):.2f}x the CPU seconds per song")
     return 0
 
 
