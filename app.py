@@ -24,8 +24,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the
 
 import numpy as np
 
-import plots  # noqa: E402  (sets the Agg backend before pyplot is used here)
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.figure  # noqa: E402
+import plots  # noqa: E402  (sets the Agg backend)
 
 HERE = Path(__file__).resolve().parent
 ENV_VAR = "MUSIC_GENRE_MOE_MODEL"
@@ -140,8 +140,9 @@ def gate_heatmap(windows, experts, title="Which expert the gate trusted, window 
     weights = np.array([[float(w["gate_weights"].get(e, 0.0)) for e in experts] for w in windows])
     starts = np.array([float(w["start"]) for w in windows])
     widths = np.array([float(w["end"]) - float(w["start"]) for w in windows])
-    cmap, norm = plt.get_cmap("viridis"), plt.Normalize(0, 1)
-    fig, ax = plt.subplots(figsize=(9, 0.42 * len(experts) + 1.3))
+    cmap, norm = matplotlib.colormaps["viridis"], matplotlib.colors.Normalize(0, 1)
+    fig = matplotlib.figure.Figure(figsize=(9, 0.42 * len(experts) + 1.3))  # outside pyplot: thread-safe
+    ax = fig.subplots()
     for row, expert in enumerate(experts):  # one row of cells per expert, the first at the top
         ax.bar(starts, 1, width=widths, bottom=len(experts) - 1 - row, align="edge",
                color=cmap(norm(weights[:, row])), edgecolor="white", linewidth=0.3)
@@ -154,7 +155,7 @@ def gate_heatmap(windows, experts, title="Which expert the gate trusted, window 
     fig.subplots_adjust(left=0.17, right=0.83, bottom=0.8 / fig.get_figheight(), top=1 - 0.35 / fig.get_figheight())
     box = ax.get_position()
     cax = fig.add_axes([box.x1 + 0.015, box.y0, 0.015, box.height])
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, label="gate weight")
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, label="gate weight")
     return fig
 
 
@@ -177,7 +178,6 @@ def summary(result, name, genres):
 
 def classify(audio_path, session_model, model):
     """The Classify event: (status markdown, label dict, timeline figure, gate figure)."""
-    plt.close("all")  # the previous request's figures: Gradio has already sent them
     if not audio_path:
         return "Upload or record a song, or pick an example.", None, None, None
     name = Path(audio_path).name

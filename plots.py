@@ -187,15 +187,16 @@ def genre_timeline(windows, genres, path=None, title="Genre probabilities across
         genres: the genre names to stack, in colour order (e.g. `model.config.genres`).
         path: also save the figure there as a PNG.
 
-    Returns the matplotlib Figure, left open for the caller (a Gradio plot shows it; close it with
-    `plt.close(fig)` when saving many).
+    Returns the matplotlib Figure (made outside pyplot, so it is freed when no longer referenced;
+    `plt.close(fig)` is harmless).
     """
     if not windows:
         raise ValueError("genre_timeline: expected at least one window, got none")
     starts = np.array([float(w["start"]) for w in windows])
     widths = np.array([float(w["end"]) - float(w["start"]) for w in windows])
     probs = np.array([[float(w["probabilities"].get(g, 0.0)) for g in genres] for w in windows])
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+    fig = matplotlib.figure.Figure(figsize=(9, 3.2))  # outside pyplot: no global state, safe in a server thread
+    ax = fig.subplots()
     bottom = np.zeros(len(windows))
     for i, genre in enumerate(genres):
         ax.bar(starts, probs[:, i], width=widths, bottom=bottom, align="edge", color=GENRE_COLOURS(i % 10),
