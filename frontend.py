@@ -25,7 +25,7 @@ already computed does not need it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, NamedTuple, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -44,9 +44,9 @@ except ImportError:
 
 __all__ = [
     "MUSICNN_SAMPLE_RATE", "MUSICNN_N_FFT", "MUSICNN_HOP_LENGTH", "MUSICNN_N_MELS", "PATCH_FRAMES",
-    "PATCH_SECONDS", "PATCH_SAMPLES", "EMBEDDING_SIZE", "PATCHES_PER_PASS", "MSD_TAGS", "DEFAULT_WEIGHTS",
+    "PATCH_SECONDS", "PATCH_SAMPLES", "EMBEDDING_SIZE", "MSD_TAGS", "DEFAULT_WEIGHTS",
     "log_mel", "log_mel_patches", "MusiCNN", "MusiCNNOutput", "load_musicnn",
-    "window_patches", "window_embedding", "window_embeddings",
+    "window_patches", "window_embedding", "window_embeddings", "patches_per_pass",
 ]
 
 MUSICNN_SAMPLE_RATE = 16000
@@ -60,10 +60,6 @@ PATCH_SECONDS = PATCH_FRAMES * MUSICNN_HOP_LENGTH / MUSICNN_SAMPLE_RATE
 #: Fewest 16-kHz samples that give one whole patch (centred frames: 1 + n // hop >= 187).
 PATCH_SAMPLES = (PATCH_FRAMES - 1) * MUSICNN_HOP_LENGTH
 EMBEDDING_SIZE = 200
-#: Patches per forward pass in :func:`window_embeddings`. Small batches keep the timbral
-#: convolutions' output (9 MB per patch) in cache: on one CPU thread, 1-2 patches per pass
-#: measured 56-63 ms per patch, 4 patches 61-86 ms, 8 or more 89-120 ms.
-PATCHES_PER_PASS = 2
 #: The 50 Million Song Dataset tags, in the order of the model's outputs.
 MSD_TAGS = (
     "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s",
@@ -375,14 +371,29 @@ def window_patches(y: np.ndarray, sr: int) -> np.ndarray:
     return log_mel_patches(y, MUSICNN_SAMPLE_RATE)
 
 
+def patches_per_pass() -> int:
+    """How many patches to give the network per forward pass on CPU, for torch's thread count.
+
+    On one thread small passes win: they keep the timbral convolutions' output (9 MB per patch)
+    in cache (measured 56-63 ms per patch at 1-2 patches per pass, 89-120 ms at 8 or more).
+    With several threads each pass pays for synchronising them, and 8 or more patches per pass
+    win (measured on 2 threads: 0.31 CPU s per patch at 2 per pass, 0.14-0.17 at 8-20).
+
+    Returns
+    -------
+    int
+        2 on one thread, 16 otherwise.
+    """
+    return 2 if torch.get_num_threads() == 1 else 16
+
+
 def window_embeddings(net: MusiCNN, windows: Sequence[np.ndarray], sr: int,
-                      batch_size: int = PATCHES_PER_PASS) -> np.ndarray:
+                      batch_size: Optional[int] = None) -> np.ndarray:
     """musicnn embedding of each window: the mean penultimate layer over the window's patches.
 
     Each window is resampled to 16 kHz, repeated up to one patch if shorter (as musicnn's training
     padded short clips), cut into non-overlapping patches; all windows' patches then go through the
-    network in one loop, ``batch_size`` patches per forward pass (small passes are faster on CPU:
-    see :data:`PATCHES_PER_PASS`; on a GPU pass more).
+    network in one loop, ``batch_size`` patches per forward pass.
 
     Parameters
     ----------
@@ -392,12 +403,13 @@ def window_embeddings(net: MusiCNN, windows: Sequence[np.ndarray], sr: int,
     sr : int
         Sample rate of the windows (any rate; 16 kHz skips resampling).
     batch_size : int
-        Patches per forward pass (default :data:`PATCHES_PER_PASS`).
+        Patches per forward pass; default :func:`patches_per_pass` (for CPU; on a GPU pass more).
 
     Returns
     -------
     np.ndarray, shape (n_windows, 200), float32
     """
+    batch_size = patches_per_pass() if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     per_window = [window_patches(w, sr) for w in windows]

@@ -6,7 +6,7 @@ BLAS/OpenMP pools limited to one thread:
 
 * resampling 22,050 -> 16,000 Hz (``features.resample_audio``, soxr_hq),
 * the log-mel patches (``frontend.log_mel_patches``: 10 patches of 187 x 96 per 30 s),
-* the network on those patches (``MusiCNN.embed``, ``frontend.PATCHES_PER_PASS`` patches per pass),
+* the network on those patches (``MusiCNN.embed``, ``frontend.patches_per_pass()`` patches per pass),
 * and ``frontend.window_embedding`` on the whole 30-s window (all of the above together).
 
 Decoding the file is not included (the whole-path benchmark owns that). Figures are process CPU
@@ -67,8 +67,8 @@ def timed(fn, *args):
 
 
 def embed_in_passes(net, patches: torch.Tensor) -> torch.Tensor:
-    """The network as window_embeddings runs it: PATCHES_PER_PASS patches per forward pass."""
-    step = frontend.PATCHES_PER_PASS
+    """The network as window_embeddings runs it: patches_per_pass() patches per forward pass."""
+    step = frontend.patches_per_pass()
     return torch.cat([net.embed(patches[i:i + step]) for i in range(0, len(patches), step)])
 
 
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     for name, c, w in (("resample 22,050 -> 16,000 Hz", r[0], r[4]), ("log-mel patches", r[1], r[5]),
                        ("musicnn network (embed)", r[2], r[6]), ("window_embedding (all three)", r[3], r[7])):
         print(f"  {name:30s} {c:7.3f} CPU s  {w:7.3f} wall s")
-    print(f"network per patch: {1000 * r[2] / r[8]:.1f} CPU ms ({frontend.PATCHES_PER_PASS} patches per pass)")
+    print(f"network per patch: {1000 * r[2] / r[8]:.1f} CPU ms ({frontend.patches_per_pass()} patches per pass)")
     return 0
 
 

@@ -54,9 +54,12 @@ def _load_like_musicnn(path: Path) -> np.ndarray:
     return y
 
 
-def _run(net, patches: np.ndarray):
+def _run(net, patches: np.ndarray) -> frontend.MusiCNNOutput:
+    """The network's outputs on ``patches``, run as window_embeddings runs it."""
+    step = frontend.patches_per_pass()
     with torch.inference_mode():
-        return net(torch.from_numpy(patches))
+        parts = [net(torch.from_numpy(patches[i:i + step])) for i in range(0, len(patches), step)]
+    return frontend.MusiCNNOutput(*(torch.cat(field) for field in zip(*parts)))
 
 
 # --------------------------------------------------------------------------------------------
