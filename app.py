@@ -77,10 +77,12 @@ def load_model(source):
         from modeling import load_moe_model
 
         return load_moe_model(path)[0]
+    if source == DEFAULT_MODEL:
+        raise FileNotFoundError(f"{source}: no trained model here (train one with `python train.py`, or pass "
+                                f"--model or set {ENV_VAR})")
     if REPO_ID.match(source) and not source.startswith((".", "/", "~")):
         return _auto_model(source)
-    hint = " (train one with `python train.py`, or pass --model)" if source == DEFAULT_MODEL else ""
-    raise FileNotFoundError(f"{source}: no such folder or file, and not a Hub repo id (owner/name){hint}")
+    raise FileNotFoundError(f"{source}: no such folder or file, and not a Hub repo id (owner/name)")
 
 
 def _auto_model(source):
@@ -380,11 +382,14 @@ def main(argv=None):
               f"  hf repos create <you>/<space-name> --type space --space-sdk gradio\n"
               f"  hf upload <you>/<space-name> {out} --repo-type space")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)  # failed uploads with their traceback, on the console only
     try:
         model = load_model(source)
     except Exception as e:  # noqa: BLE001: a one-line reason, not a traceback
-        print(f"app.py: cannot load the model from {source}: {readable_error(e)}", file=sys.stderr)
+        msg = readable_error(e)
+        msg = msg[len(source) + 2:] if msg.startswith(source + ": ") else msg
+        print(f"app.py: cannot load the model from {source}: {msg}", file=sys.stderr)
         return 2
     print(f"model: {source} ({', '.join(genres_of(model))})")
     launch(build_demo(model), host=args.host, port=args.port)
