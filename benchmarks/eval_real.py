@@ -94,7 +94,8 @@ METHOD_NAMES = {"moe": "MoE", "logreg": "logistic regression", "1nn": "1-NN",
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data_dir", help="folder with one sub-folder of recordings per genre")
+    p.add_argument("data_dir", nargs="+", help="folder(s) with one sub-folder of recordings per genre; several "
+                                               "merge by genre name (train.py --data-dir given more than once)")
     p.add_argument("--genres", default=None, help="comma-separated subset (default: every sub-folder)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
     p.add_argument("--seed", type=int, default=0)
@@ -116,7 +117,8 @@ def parse_args(argv=None):
 
 def train_settings(args, extra=()):
     """TrainSettings exactly as `python train.py --data-dir ... <train-args>` would build them."""
-    argv = ["--data-dir", args.data_dir, "--seed", str(args.seed), "--no-plots", *shlex.split(args.train_args)]
+    argv = [a for d in args.data_dir for a in ("--data-dir", d)]
+    argv += ["--seed", str(args.seed), "--no-plots", *shlex.split(args.train_args)]
     if args.genres:
         argv += ["--genres", args.genres]
     if args.cache_dir:
@@ -410,7 +412,7 @@ def evaluate(args, argv, log):
     data = train.load_folder(s)
     genres = data.genres
     n_genres = len(genres)
-    out = Path(args.out or ROOT / "runs" / "eval_real" / f"{Path(args.data_dir).name}-{n_genres}genres")
+    out = Path(args.out or ROOT / "runs" / "eval_real" / f"{'+'.join(Path(d).name for d in args.data_dir)}-{n_genres}genres")
     out.mkdir(parents=True, exist_ok=True)
     for path, reason in data.skipped:
         log(f"skipped {path}: {reason}")

@@ -92,11 +92,11 @@ def test_split_never_leaks_a_track(data):
 def test_corrupt_file_is_reported_and_skipped(run, folder):
     out, metrics, log = run
     broken = str(folder / "rock" / "broken.wav")
-    assert [p for p, _ in metrics["dataset"]["skipped"]] == [broken]
-    assert broken in log
-    assert broken in (out / "classification_report.txt").read_text()
+    assert [p for p, _ in metrics["dataset"]["skipped"]] == ["rock/broken.wav"]  # relative: nothing of this machine
+    assert broken in log  # the local log names the file in full
+    assert "rock/broken.wav" in (out / "classification_report.txt").read_text()
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["dataset"]["skipped"][0][0] == broken
+    assert saved["dataset"]["skipped"][0][0] == "rock/broken.wav"
     assert sum(saved["dataset"]["n_tracks"]) == len(GENRES) * len(FORMATS)  # training completed without it
     assert 0.0 <= saved["track_level"]["test_accuracy"] <= 1.0 and saved["track_level"]["n_tracks"] >= len(GENRES)
 
@@ -151,3 +151,18 @@ def test_gtzan_folder_lists_five_recordings_per_genre():
     paths, labels, genres = train.list_recordings(SHARED_DATA / "gtzan-mini-dev", "blues,classical,jazz,pop,rock")
     assert genres == ["blues", "classical", "jazz", "pop", "rock"]
     assert np.bincount(labels).tolist() == [5] * 5 and all(p.suffix == ".wav" for p in paths)
+
+
+def test_several_data_dirs_merge_by_genre_name(tmp_path):
+    import train
+
+    for root, genres in (("a", ("jazz", "rock")), ("b", ("rock", "pop"))):
+        for g in genres:
+            (tmp_path / root / g).mkdir(parents=True)
+            (tmp_path / root / g / f"{root}-{g}.wav").write_bytes(b"")
+    s = train.parse_settings(["--data-dir", str(tmp_path / "a"), "--data-dir", str(tmp_path / "b")])
+    assert s.data_dir == [str(tmp_path / "a"), str(tmp_path / "b")]
+    paths, labels, genres = train.list_recordings(s.data_dir)
+    assert genres == ["jazz", "pop", "rock"]
+    assert sorted(p.name for p, label in zip(paths, labels) if genres[label] == "rock") == ["a-rock.wav", "b-rock.wav"]
+    assert train.public_settings(s)["data_dir"] == ["a", "b"]
