@@ -35,10 +35,10 @@ except ImportError:
 
 try:
     from .features import FEATURE_NAMES, as_mono_waveform
-    from .frontend import DEFAULT_WEIGHTS, MUSICNN_N_MELS, PATCH_FRAMES, MusiCNN
+    from .frontend import DEFAULT_WEIGHTS, MUSICNN_N_MELS, PATCH_FRAMES, MusiCNN, patches_per_pass
 except ImportError:
     from features import FEATURE_NAMES, as_mono_waveform
-    from frontend import DEFAULT_WEIGHTS, MUSICNN_N_MELS, PATCH_FRAMES, MusiCNN
+    from frontend import DEFAULT_WEIGHTS, MUSICNN_N_MELS, PATCH_FRAMES, MusiCNN, patches_per_pass
 
 #: Largest |z-score| accepted: features from real audio stay within a few dozen standard deviations
 #: of the training mean; 1e30 would overflow float32 inside the network and come out as NaN.
@@ -249,7 +249,7 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         super().__init__(config)
         # The pretrained front end, when configured: its weights are part of this model's state
         # dict (and safetensors); `load_pretrained_frontend` fills them for a model about to train.
-        self.frontend = MusiCNN() if config.frontend == "musicnn" else None
+        self.frontend = MusiCNN(frozen=config.freeze_frontend) if config.frontend == "musicnn" else None
         self.encoder = SharedEncoder(config)
         self.experts = nn.ModuleList(GenreExpert(config) for _ in range(config.num_labels))
         self.gate = GatingNetwork(config)
@@ -304,8 +304,10 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
             raise ValueError(f"log_mel: expected shape (batch, n_patches, {PATCH_FRAMES}, {MUSICNN_N_MELS}), "
                              f"got {tuple(log_mel.shape)}")
         b, p = log_mel.shape[:2]
+        patches = log_mel.reshape(b * p, PATCH_FRAMES, MUSICNN_N_MELS)
+        step = patches_per_pass()  # small passes keep the convolutions' output in cache on CPU
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_frontend):
-            emb = self.frontend.embed(log_mel.reshape(b * p, PATCH_FRAMES, MUSICNN_N_MELS))
+            emb = torch.cat([self.frontend.embed(patches[i:i + step]) for i in range(0, len(patches), step)])
         return emb.reshape(b, p, -1).mean(1)
 
     # -- normalisation --------------------------------------------------------------------------
