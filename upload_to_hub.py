@@ -50,6 +50,7 @@ CUSTOM_PIPELINES = {
 }
 # Modules the remote loader imports; their `from .x import` siblings are added by `code_files`.
 ENTRY_MODULES = ("configuration.py", "modeling.py", "pipeline.py")
+MUSICNN_LICENSE = "LICENSE-musicnn"  # ISC notice of the musicnn weights (frontend.py)
 NOTEBOOK = "walkthrough.ipynb"
 # The notebook's own imports beyond the model's code, shipped with it (with their sibling imports,
 # see `notebook_modules`) so that Colab can fetch them: its first cell runs
@@ -233,6 +234,8 @@ def write_model_folder(model, folder):
     save_feature_extractor(model.config, folder)
     for name in code_files():
         shutil.copy2(ROOT / name, folder / name)
+    if model.config.frontend == "musicnn":  # the converted weights ship inside model.safetensors: so does their licence
+        shutil.copy2(ROOT / MUSICNN_LICENSE, folder / MUSICNN_LICENSE)
 
 
 def save_feature_extractor(config, folder):
