@@ -32,7 +32,10 @@ rewritten, never raised.
 
 Workers
 -------
-Forked on Linux after a warm-up in the parent (imports, filter banks, JIT), one BLAS thread each.
+``n_jobs`` workers are this process plus ``n_jobs - 1`` child processes: the parent computes
+sources too while it dispatches (one fork fewer, and no idle core while it waits), which is what
+makes the pool pay off on batches of a few files. Children are forked on Linux after a warm-up in
+the parent (imports, filter banks, JIT), with one BLAS thread each (the parent too, for the batch).
 They die with their parent: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux, plus a watchdog thread
 that exits when the parent process is gone (other platforms, and the window before prctl). The
 death signal follows the *thread* that started the pool, so iterate :func:`iter_extract` from the
@@ -52,6 +55,7 @@ import stat
 import sys
 import tempfile
 import threading
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,20 +364,44 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _worker_init(parent_pid: int, state: Optional[dict] = None) -> None:
     """Pool initializer: die with the parent; one BLAS (and torch) thread per worker (the pool
-    already uses every core); under spawn, the parent's state (fork inherits it)."""
+    already uses every core); under spawn, the parent's state (fork inherits it, BLAS limit
+    included: see :func:`_one_blas_thread`)."""
     _die_with_parent(parent_pid)
-    if state is not None:
+    if state is not None:  # spawn: a fresh interpreter, nothing inherited
         _WORKER_STATE.update(state)
-    try:
-        from threadpoolctl import threadpool_limits
+        try:
+            from threadpoolctl import threadpool_limits
 
-        threadpool_limits(1)
-    except Exception:  # threadpoolctl is optional; oversubscription only costs some speed
-        pass
+            threadpool_limits(1)
+        except Exception:  # threadpoolctl is optional; oversubscription only costs some speed
+            pass
     if _WORKER_STATE["frontend"] is not None:
         import torch
 
         torch.set_num_threads(1)
+
+
+_THREADPOOLS: Dict[str, object] = {}
+
+
+@contextmanager
+def _one_blas_thread():
+    """Limit BLAS/OpenMP to one thread in this process while the pool forks its workers, which
+    inherit the limit; the parent's own setting comes back afterwards. Scanning the loaded
+    libraries costs ~0.1 s, so it is done once per process (not once per worker and batch)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        if "controller" not in _THREADPOOLS:
+            _THREADPOOLS["controller"] = ThreadpoolController()
+        limiter = _THREADPOOLS["controller"].limit(limits=1)
+    except Exception:  # threadpoolctl is optional; oversubscription only costs some speed
+        limiter = None
+    try:
+        yield
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
 
 
 _WARM: Dict[tuple, bool] = {}
@@ -415,7 +443,7 @@ def iter_extract(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_secon
     """Features of many files or clips, streamed in completion order.
 
     Parameters are those of :func:`extract_many` (no progress bar here: the caller counts), plus
-    ``return_starts``. ``sources`` may be any iterable, consumed lazily: at most ``2 * workers``
+    ``return_starts``. ``sources`` may be any iterable, consumed lazily: at most ``2 * n_jobs``
     sources are read ahead, so a generator over a million files runs in bounded memory.
 
     Yields
@@ -462,32 +490,49 @@ def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_
         _warm_up(sr, n_fft, hop_length)
         ctx = _pool_context()
         state = None if ctx.get_start_method() == "fork" else {"frontend": net, "job": _WORKER_STATE["job"]}
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
-                                   initargs=(os.getpid(), state))
-        try:
-            pending = set()
-            limit = _IN_FLIGHT_PER_WORKER * workers
-            exhausted = False
-            while True:
-                while not exhausted and len(pending) < limit:
-                    task = next(tasks, None)
-                    if task is None:
-                        exhausted = True
-                    else:
-                        fut = pool.submit(_process, task, args)
-                        fut.task = task
-                        pending.add(fut)
-                if not pending:
-                    break
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    try:
-                        yield fut.result()
-                    except Exception as exc:  # a worker died (BrokenProcessPool: killed, out of memory)
-                        index, _source, desc = fut.task
-                        yield index, None, None, f"{desc}: worker failed ({type(exc).__name__}: {exc})", False
-        finally:  # also on an early stop of the iteration (generator closed)
-            pool.shutdown(wait=True, cancel_futures=True)
+        # This process is one of the ``workers``: it computes sources itself while the others run
+        # in ``workers - 1`` child processes. One fork fewer per batch (forking a process that
+        # holds librosa costs 10-200 ms, more on a busy machine), and the parent's core is not
+        # idle while it waits, which is what makes the pool pay off on batches of a few files.
+        # One BLAS thread in this process too while the batch runs; the workers inherit it.
+        with _one_blas_thread():
+            pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx, initializer=_worker_init,
+                                       initargs=(os.getpid(), state))
+            try:
+                pending = set()
+                limit = _IN_FLIGHT_PER_WORKER * (workers - 1)
+                exhausted = False
+                while True:
+                    while not exhausted and len(pending) < limit:
+                        task = next(tasks, None)
+                        if task is None:
+                            exhausted = True
+                        else:
+                            fut = pool.submit(_process, task, args)
+                            fut.task = task
+                            pending.add(fut)
+                    if not exhausted:  # the workers have their share queued: take one here
+                        task = next(tasks, None)
+                        if task is None:
+                            exhausted = True
+                        else:
+                            yield _process(task, args)
+                    if not pending:
+                        if exhausted:
+                            break
+                        continue
+                    done, pending = wait(pending, timeout=None if exhausted else 0, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        try:
+                            yield fut.result()
+                        except Exception as exc:  # a worker died (BrokenProcessPool: killed, out of memory)
+                            index, _source, desc = fut.task
+                            yield index, None, None, f"{desc}: worker failed ({type(exc).__name__}: {exc})", False
+            finally:  # also on an early stop of the iteration (generator closed)
+                # Every result is in hand (or no longer wanted): don't make the caller wait for
+                # the workers' interpreter teardown (~0.1 s each); the executor reaps them in the
+                # background, and queued sources are cancelled.
+                pool.shutdown(wait=False, cancel_futures=True)
     finally:
         _WORKER_STATE.clear()
         _WORKER_STATE.update(saved)
@@ -508,7 +553,8 @@ def extract_many(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_secon
         None: one feature row per source (the whole clip). A number: every source is cut into
         windows of that length (:func:`features.extract_song`).
     n_jobs : int or None
-        Worker processes; None uses every available core, 1 runs in this process.
+        Workers: this process and ``n_jobs - 1`` child processes; None uses every available
+        core, 1 runs in this process only.
     cache_dir : None, False or path
         None: :func:`default_cache_dir`; False: no cache. Entries are keyed by the file's bytes
         (or the array's bytes) plus :func:`cache_settings` (``sr``, ``clip_seconds``, ``n_fft``,

@@ -230,7 +230,8 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
             time.sleep(600)
 
         B._extract_source = slow  # forked workers inherit the patched module
-        B.extract_many([np.ones(22050, np.float32) * 0.1] * 4, n_jobs=2, cache_dir=False, progress=False)
+        # n_jobs=3: this process and two child processes
+        B.extract_many([np.ones(22050, np.float32) * 0.1] * 6, n_jobs=3, cache_dir=False, progress=False)
     """))
     parent = subprocess.Popen([sys.executable, str(script)], cwd=ROOT)
     try:
