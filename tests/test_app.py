@@ -9,6 +9,8 @@ does); nothing downloads a browser. Without them the browser tests are skipped l
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -206,3 +208,17 @@ def test_model_sources_and_space_folder(run_dir, tmp_path, capsys, monkeypatch):
     assert app.default_model_source() == "someone/music-genre-moe"
     monkeypatch.setenv(app.ENV_VAR, str(run_dir))
     assert app.default_model_source() == str(run_dir)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and transformers
+def test_space_folder_runs_without_the_project(run_dir, tmp_path):
+    """The Space holds only the app: the model and its code come from the model's own folder (trust_remote_code)."""
+    space = app.write_space(tmp_path / "space", "someone/music-genre-moe")
+    code = ("import app; m = app.load_model(app.default_model_source()); print(type(m).__module__); "
+            "print(app.genres_of(m), app.few_shot_support(m), app.example_files() != [])")
+    env = {**os.environ, app.ENV_VAR: str(run_dir / "hf_model"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": "",
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=space, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("transformers_modules"), r.stdout  # the model's own code, not this project's
+    assert r.stdout.splitlines()[1] == f"{app.genres_of(app.load_model(run_dir))} (True, '') True", r.stdout
