@@ -36,7 +36,7 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 log = logging.getLogger("music-genre-moe.app")
 
 READ_LABEL = ("The bars are the song's genre probabilities: the mean of the model's probabilities over "
-              "all its 5-second windows.")
+              "all its {seconds:g}-second windows.")
 READ_TIMELINE = ("Each column is one window of the song and its colours stack that window's genre "
                  "probabilities (they add up to 1): where one colour takes over, the music changed character; "
                  "gaps are silent stretches the model skipped.")
@@ -171,6 +171,8 @@ def summary(result, name, genres):
     if gates:
         expert = max(gates, key=gates.get)
         text += f" The gate leaned most on the **{expert}** expert ({gates[expert]:.2f} on average)."
+    if windows and "gate_weights" not in windows[0]:
+        text += " (This model's code reports no per-window gate weights, so the routing plot stays empty.)"
     if "prototype_scores" in result:
         added = [g for g in result["prototype_scores"] if g not in genres]
         text += (" Genres taught in this session (" + ", ".join(added) + ") compete by distance to their "
@@ -254,7 +256,7 @@ def build_demo(model, title="music-genre-moe"):
                 with gr.Column(scale=1):
                     status = gr.Markdown("Upload or record a song, or pick an example.", elem_id="status")
                     label = gr.Label(num_top_classes=len(genres) + 8, label="Genre", elem_id="genre-label")
-                    gr.Markdown(READ_LABEL, elem_classes=["caption"])
+                    gr.Markdown(READ_LABEL.format(seconds=model.config.clip_seconds), elem_classes=["caption"])
             timeline = gr.Plot(label="Genre across the song", elem_id="timeline", format="png")
             gr.Markdown(READ_TIMELINE, elem_classes=["caption"])
             gates = gr.Plot(label="Expert routing across the song", elem_id="gates", format="png")
