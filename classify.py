@@ -41,7 +41,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -201,7 +201,7 @@ class Settings:
 class SongFeatures:
     path: str
     features: np.ndarray                 # (n_windows, num_features), raw (the model z-scores)
-    starts: Optional[np.ndarray] = None  # first sample of each kept window, when known
+    starts: np.ndarray                   # first sample of each kept window (silent ones are skipped)
     duration_s: Optional[float] = None
 
 
@@ -216,29 +216,10 @@ def audio_duration(path: str) -> Optional[float]:
         return None
 
 
-def window_starts(n_samples: int, sr: int, clip_seconds: float, n_windows: int) -> Optional[np.ndarray]:
-    """First sample of every window `features.split_windows` cuts from `n_samples`, if that is
-    `n_windows` windows; None otherwise (silent windows were skipped and which ones is unknown).
-
-    Used only when batch_features does not return the starts itself (`result.starts`)."""
-    win = int(round(clip_seconds * sr))
-    if n_samples <= win:
-        starts = [0]
-    else:
-        n_full = n_samples // win
-        starts = [i * win for i in range(n_full)]
-        if n_samples - n_full * win >= win / 2:
-            starts.append(n_samples - win)
-    return np.asarray(starts, dtype=np.int64) if len(starts) == n_windows else None
-
-
-def complete_song(path: str, feats: np.ndarray, starts, sr: int, clip_seconds: float) -> SongFeatures:
-    """Attach duration and window starts to one song's features."""
-    duration = audio_duration(path)
-    if starts is None and duration is not None:
-        starts = window_starts(int(round(duration * sr)), sr, clip_seconds, len(feats))
-    return SongFeatures(path, np.asarray(feats, dtype=np.float32),
-                        None if starts is None else np.asarray(starts, dtype=np.int64), duration)
+def complete_song(path: str, feats: np.ndarray, starts) -> SongFeatures:
+    """One song's features with its windows' first samples (from batch_features) and duration."""
+    return SongFeatures(path, np.asarray(feats, dtype=np.float32), np.asarray(starts, dtype=np.int64),
+                        audio_duration(path))
 
 
 def _forward_kwargs(fn) -> dict:
@@ -319,14 +300,11 @@ def _window_records(model, song: SongFeatures, p, g, e, settings: Settings) -> L
     per = model._results(p, g, e)
     out = []
     for k, r in enumerate(per):
-        if song.starts is not None:
-            start = float(song.starts[k]) / settings.sr
-            end = start + settings.clip_seconds
-            if song.duration_s is not None:  # a short song is one (repeated) window: end at the song's end
-                end = min(end, song.duration_s)
-            start, end = round(start, 3), round(end, 3)
-        else:
-            start = end = None  # unknown: silent windows were skipped and batch_features gave no starts
+        start = float(song.starts[k]) / settings.sr
+        end = start + settings.clip_seconds
+        if song.duration_s is not None:  # a short song is one (repeated) window: it ends with the song
+            end = min(end, song.duration_s)
+        start, end = round(start, 3), round(end, 3)
         out.append({"start": start, "end": end, "genre": r["predicted_genre"], "confidence": _r(r["confidence"]),
                     "probabilities": {k2: _r(v) for k2, v in r["probabilities"].items()},
                     "gate_weights": {k2: _r(v) for k2, v in r["gate_weights"].items()}})
@@ -351,30 +329,21 @@ def extract_chunk(paths: Sequence[str], settings: Settings, n_jobs: Optional[int
     """(songs, failures) for some paths, through batch_features.extract_many."""
     from batch_features import extract_many
 
-    kw = {}
-    if frontend is not None:
-        if "frontend" not in inspect.signature(extract_many).parameters:
-            raise RuntimeError("this model has a pretrained front end, and this batch_features.extract_many "
-                               "cannot compute its embeddings (no frontend argument)")
-        kw["frontend"] = frontend
     res = extract_many(list(paths), sr=settings.sr, clip_seconds=settings.clip_seconds, n_jobs=n_jobs,
-                       cache_dir=settings.cache_dir, progress=False, **kw)
+                       cache_dir=settings.cache_dir, progress=False, frontend=frontend)
     return _songs_from_result(paths, res, settings)
 
 
 def _songs_from_result(paths: Sequence[str], res, settings: Settings):
-    starts = getattr(res, "starts", None)  # per-window first samples, when batch_features gives them
-    if starts is not None and len(starts) != len(res.ok):
-        starts = None  # not aligned with the songs (an older or partial result): derive them instead
-    songs = [complete_song(str(paths[i]), f, None if starts is None else starts[k], settings.sr, settings.clip_seconds)
-             for k, (i, f) in enumerate(zip(res.ok, res.features))]
+    songs = [complete_song(str(paths[i]), f, s) for i, f, s in zip(res.ok, res.features, res.starts)]
     failures = [(str(src), _reason(str(src), msg)) for src, msg in res.failures]
     return songs, failures
 
 
 def classify_paths(model, paths: Sequence[str], settings: Settings, n_jobs: Optional[int] = 1):
-    """(records, failures) for some paths: features, then one batched prediction. The Ray worker
-    calls exactly this, which is why local and Ray runs give the same rows."""
+    """(records, failures) for some paths: features, then one batched prediction. A Ray worker
+    calls this on its chunk; the local run streams the same features (`run_local`) into the same
+    `predict_songs`, which is why local and Ray runs give the same rows."""
     songs, failures = extract_chunk(paths, settings, n_jobs, model_frontend(model))
     return predict_songs(model, songs, settings), failures
 
@@ -569,9 +538,7 @@ class Outputs:
 
         from plots import genre_timeline
 
-        windows = [w for w in rec["windows"] if w["start"] is not None]
-        if not windows:
-            return
+        windows = rec["windows"]
         png = self.timeline_dir / timeline_name(rec["path"])
         fig = genre_timeline(windows, self.genres, title=Path(rec["path"]).name)
         try:
@@ -602,18 +569,39 @@ def timeline_name(path: str) -> str:
 # Running
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterator[List[str]]:
-    for s in range(0, len(items), size):
-        yield list(items[s:s + size])
+FLUSH_SECONDS = 2.0  # longest a finished song waits for its batch (progress bar, work lost to a kill)
 
 
 def run_local(model, todo: Sequence[str], settings: Settings, outputs: Outputs, n_jobs: int, chunk_size: int,
               progress) -> None:
-    """Chunks of songs through the worker pool, one batched forward per chunk, written as they finish."""
-    for chunk in _chunks(todo, chunk_size):
-        records, failures = classify_paths(model, chunk, settings, n_jobs=n_jobs)
-        outputs.write(records, failures)
-        progress(len(chunk))
+    """One worker pool for the whole job (`batch_features.iter_extract`, songs in completion
+    order, a bounded read-ahead); finished songs are batched, `chunk_size` songs or FLUSH_SECONDS
+    at a time, into one forward pass and written."""
+    from batch_features import iter_extract
+
+    songs: List[SongFeatures] = []
+    failures: List[Tuple[str, str]] = []
+    last = time.monotonic()
+
+    def flush() -> None:
+        outputs.write(predict_songs(model, songs, settings), failures)
+        progress(len(songs) + len(failures))
+        songs.clear()
+        failures.clear()
+
+    stream = iter_extract(todo, sr=settings.sr, clip_seconds=settings.clip_seconds, n_jobs=n_jobs,
+                          cache_dir=settings.cache_dir, frontend=model_frontend(model), return_starts=True)
+    for index, feats, error, starts in stream:
+        path = todo[index]
+        if error is not None:
+            failures.append((path, _reason(path, error)))
+        else:
+            songs.append(complete_song(path, feats, starts))
+        if len(songs) + len(failures) >= chunk_size or time.monotonic() - last >= FLUSH_SECONDS:
+            flush()
+            last = time.monotonic()
+    if songs or failures:
+        flush()
 
 
 def available_cpus() -> int:

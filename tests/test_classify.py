@@ -26,7 +26,7 @@ import torch
 import classify
 from batch_features import extract_many
 from configuration import MusicGenreMoEConfig
-from features import SAMPLE_RATE
+from features import SAMPLE_RATE, AudioError, load_audio
 from modeling import MusicGenreMoE
 from synth import generate_clip
 
@@ -163,7 +163,10 @@ def test_unreadable_files_go_to_the_errors_file_and_the_summary(library, run_dir
     errors = read_rows(tmp_path / "p.csv.errors.csv")
     assert sorted(e["path"] for e in errors) == sorted(str(library / b) for b in BAD)
     for e in errors:
-        assert "decode" in e["reason"] and not e["reason"].startswith(e["path"])  # not the path again
+        # the loader's own message, without the path again (it has its own column)
+        with pytest.raises(AudioError) as raised:
+            load_audio(e["path"])
+        assert e["reason"] and f"{e['path']}: {e['reason']}" == str(raised.value)
     # notes.txt and .hidden.wav are not audio files of the folder: neither rows nor errors
     assert "7 songs" in out and "2 failed" in out and "1 non-audio files in folders ignored" in out
     counts = {}
@@ -213,28 +216,15 @@ def test_jsonl_holds_every_window(reference):
     assert spans["a.wav"] == [(0.0, 5.0), (5.0, 10.0)]
     assert spans["b.flac"] == [(0.0, 5.0), (3.0, 8.0)]  # the tail window is aligned to the song's end
     assert spans["short.wav"] == [(0.0, 3.0)]         # one window, repeated audio, ends with the song
-    # Silent intro: the kept window starts at 5 s. Without per-window starts from batch_features the
-    # start cannot be told from the window count, and classify writes null rather than a guess.
-    from batch_features import ExtractionResult
-
-    has_starts = "starts" in ExtractionResult.__dataclass_fields__
-    assert spans[QUIET_INTRO] == ([(5.0, 10.0)] if has_starts else [(None, None)])
+    assert spans[QUIET_INTRO] == [(5.0, 10.0)]  # the silent first window is skipped: its index is not its time
 
 
 def test_timeline_png_per_song(reference):
     pngs = sorted((reference / "png").iterdir())
     rows = read_rows(reference / "p.csv")
-    expected = {classify.timeline_name(r["path"]) for r in rows
-                if not (Path(r["path"]).name == QUIET_INTRO and not _has_starts())}
-    assert {p.name for p in pngs} == expected
+    assert {p.name for p in pngs} == {classify.timeline_name(r["path"]) for r in rows}
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def _has_starts():
-    from batch_features import ExtractionResult
-
-    return "starts" in ExtractionResult.__dataclass_fields__
 
 
 # -- resume ----------------------------------------------------------------------------------------
@@ -386,5 +376,4 @@ def test_extract_many_ray_matches_extract_many(local_ray, library):
     for a, b in zip(remote.features, local.features):
         # Ray tasks run BLAS on one thread, this process on several: float32 rounding may differ.
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    if _has_starts():
-        assert [s.tolist() for s in remote.starts] == [s.tolist() for s in local.starts]
+    assert [s.tolist() for s in remote.starts] == [s.tolist() for s in local.starts]
