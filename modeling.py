@@ -30,8 +30,10 @@ except ImportError:  # running from a checkout, not as a Hub dynamic module
 
 try:
     from .kan import KANLinear
+    from .prototypes import class_prototypes, distance_scores
 except ImportError:
     from kan import KANLinear
+    from prototypes import class_prototypes, distance_scores
 
 try:
     from .features import FEATURE_NAMES, as_mono_waveform
@@ -614,9 +616,9 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         Called by train.py so that few-shot genres compete with trained genres on equal terms.
         """
         emb = self.fewshot_embed(features)
-        labels = torch.as_tensor(labels)
-        for i, genre in enumerate(self.config.genres):
-            self.config.prototypes[genre] = emb[labels == i].mean(0).tolist()
+        protos = class_prototypes(emb, labels, self.config.num_labels)
+        for genre, proto in zip(self.config.genres, protos.tolist()):
+            self.config.prototypes[genre] = proto
 
     # -- saving -----------------------------------------------------------------------------------
 
@@ -646,7 +648,7 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         names = list(self.config.prototypes)
         protos = torch.tensor([self.config.prototypes[n] for n in names], dtype=embedding.dtype,
                               device=embedding.device)
-        return names, (-torch.cdist(embedding, protos).pow(2) / embedding.shape[-1]).softmax(-1)
+        return names, (distance_scores(embedding, protos) / embedding.shape[-1]).softmax(-1)
 
 
 # ----------------------------------------------------------------------------------------------
