@@ -251,8 +251,8 @@ def build_demo(model, title="music-genre-moe"):
                     examples = example_files()
                     if examples:
                         gr.Examples(examples=[[e] for e in examples], inputs=[audio], label="Examples")
-                        gr.Markdown("Examples: synthetic clips from `synth.py` and Creative Commons recordings "
-                                    "(credits in `examples/CREDITS.md`).", elem_classes=["caption"])
+                        gr.Markdown("Examples: synthetic clips from `synth.py` (see `examples/CREDITS.md`); "
+                                    "try your own recordings too.", elem_classes=["caption"])
                 with gr.Column(scale=1):
                     status = gr.Markdown("Upload or record a song, or pick an example.", elem_id="status")
                     label = gr.Label(num_top_classes=len(genres) + 8, label="Genre", elem_id="genre-label")
