@@ -38,9 +38,10 @@ One STFT feeds everything; the mel bands are applied over their few non-zero bin
 estimate interpolates only the spectral peaks, the tempo takes one inverse FFT of the
 energy-weighted mean power spectrum instead of one per frame (forward FFT in float32), the
 rolloff searches 32-bin blocks before bins, the zero-crossing rate sums crossings per hop, and
-every spectral array stays frames-major (librosa's STFT memory order). On a 30-s clip this is about 2x the speed of the
-previous version (``FEATURE_VERSION`` 1) and 20-30x plain per-call librosa; see
-``benchmarks/bench_features.py``.
+every spectral array stays frames-major (librosa's STFT memory order). On 30-s GTZAN clips this
+takes 2.3x less time per clip than the previous version (``FEATURE_VERSION`` 1), measured in one
+process side by side; ``benchmarks/bench_features.py`` prints the ratio against plain per-call
+librosa measured in the same run.
 
 Optional dependencies
 ---------------------
