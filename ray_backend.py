@@ -130,7 +130,7 @@ def _run_tasks(submit: Callable, items: Sequence, on_result: Callable, max_in_fl
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayError as exc:
-                raise RayJobError(f"--ray: a worker failed ({_one_line(exc)}); results so far are kept") from exc
+                raise RayJobError(f"--ray: a Ray task failed ({_one_line(exc)})") from exc
             on_result(k, result)
 
 
@@ -154,8 +154,11 @@ def classify_on_ray(model_spec: str, paths: Sequence[str], settings: classify.Se
                 progress(len(records) + len(failures))
 
         # Two chunks per CPU in flight: a worker never waits for the driver between chunks.
-        _run_tasks(lambda chunk: _classify_chunk.remote(target, settings, chunk), chunks, write,
-                   2 * _cluster_cpus())
+        try:
+            _run_tasks(lambda chunk: _classify_chunk.remote(target, settings, chunk), chunks, write,
+                       2 * _cluster_cpus())
+        except RayJobError as exc:
+            raise RayJobError(f"{exc}; the rows written so far are kept: run the same command again to resume") from exc
     finally:
         if owned:
             ray.shutdown()

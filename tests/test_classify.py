@@ -328,6 +328,29 @@ def test_every_model_source_gives_the_same_rows(reference, library, run_dir, tmp
     assert classify.resolve_model("someone/music-genre-moe") == ("remote", "someone/music-genre-moe")
 
 
+def test_a_model_with_the_pretrained_front_end(library, run_dir, tmp_path):
+    """config.frontend='musicnn': the workers compute each window's embedding with the model's own
+    front end (iter_extract(frontend=model.frontend)); rows agree with predict_audio."""
+    base = MusicGenreMoEConfig.from_pretrained(run_dir / "hf_model")
+    n_extra = base.__class__(frontend="musicnn").input_size - base.num_features
+    torch.manual_seed(1)
+    config = MusicGenreMoEConfig(id2label=base.id2label, label2id=base.label2id, frontend="musicnn",
+                                 feature_mean=list(base.feature_mean) + [0.0] * n_extra,
+                                 feature_std=list(base.feature_std) + [1.0] * n_extra)
+    MusicGenreMoE(config).save_pretrained(tmp_path / "musicnn_model")
+    songs = [library / "jazz" / "a.wav", library / "short.wav"]
+    assert run([*songs, "--model", tmp_path / "musicnn_model", "--out", tmp_path / "p.csv", "--n-jobs", "2"]) == 0
+    model = classify.load_model(str(tmp_path / "musicnn_model"))
+    rows = read_rows(tmp_path / "p.csv")
+    assert sorted(r["path"] for r in rows) == sorted(map(str, songs))
+    for r in rows:
+        ref = model.predict_audio(r["path"])
+        assert r["genre"] == ref["predicted_genre"] and int(r["num_windows"]) == ref["num_windows"]
+        assert float(r["confidence"]) == pytest.approx(ref["confidence"], abs=2e-6)
+        assert [float(r[f"gate_{g}"]) for g in GENRES] == pytest.approx([ref["gate_weights"][g] for g in GENRES],
+                                                                        abs=2e-6)
+
+
 # -- Ray -------------------------------------------------------------------------------------------
 
 
