@@ -142,7 +142,7 @@ def main(argv=None) -> int:
         c_wall, c_cpu = time_classify(paths, spec, tmp / "predictions.csv", extra)
 
     rows = [(f"model.predict_audio, song by song ({len(base)} timed)", len(base), b_wall, b_cpu),
-            (f"  the same, torch.set_num_threads(1)", len(base), b1_wall, b1_cpu),
+            ("  the same, torch.set_num_threads(1)", len(base), b1_wall, b1_cpu),
             (f"classify.py (pool of {args.n_jobs or classify.available_cpus()}, batched)", args.n, c_wall, c_cpu)]
     report(rows)
     speed = (args.n / c_wall) / (len(base) / b_wall)

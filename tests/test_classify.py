@@ -11,7 +11,6 @@ The Ray tests start a local Ray with 2 CPUs once for the module (about 10-30 s o
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
