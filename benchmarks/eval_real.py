@@ -142,16 +142,34 @@ def rows_of(data, tracks):
     return np.flatnonzero(np.isin(data.tracks, tracks))
 
 
-def cv_folds(track_labels, n_folds, seed):
-    """[(train tracks, test tracks)] from a stratified, shuffled, seeded k-fold over tracks."""
+def track_sources(data, data_dirs):
+    """(n_tracks,) index into data_dirs of the folder each track comes from."""
+    roots = [Path(d).expanduser().resolve() for d in data_dirs]
+    out = np.zeros(len(data.track_names), dtype=int)
+    for t, name in enumerate(data.track_names):
+        path = Path(name).resolve()
+        out[t] = next(i for i, r in enumerate(roots) if path.is_relative_to(r))
+    return out
+
+
+def cv_folds(track_labels, n_folds, seed, sources=None):
+    """[(train tracks, test tracks)] from a stratified, shuffled, seeded k-fold over tracks.
+
+    With `sources` (the folder of each track; several folders) the strata are genre x folder, so
+    every fold holds its share of each folder's recordings of each genre (e.g. one 30-s clip and
+    six excerpts per genre with gtzan-mini-dev + gtzan-short-dev); one folder gives the plain
+    genre-stratified folds.
+    """
     from sklearn.model_selection import StratifiedKFold
 
-    smallest = int(np.bincount(track_labels).min())
+    strata = track_labels if sources is None else track_labels * (int(np.max(sources)) + 1) + sources
+    _, counts = np.unique(strata, return_counts=True)
+    smallest = int(counts.min())
     if smallest < 2:
-        raise ValueError(f"cross-validation needs at least 2 tracks per genre, got {smallest}")
+        raise ValueError(f"cross-validation needs at least 2 tracks per genre (and folder), got {smallest}")
     k = min(n_folds, smallest)
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [(tr, te) for tr, te in skf.split(np.zeros(len(track_labels)), track_labels)]
+    return [(tr, te) for tr, te in skf.split(np.zeros(len(track_labels)), strata)]
 
 
 def inner_split(track_labels, train_tracks, s, seed):
@@ -169,6 +187,8 @@ def new_moe(s, genres, mean, std, init_state=None, seed=0):
     config = MusicGenreMoEConfig(id2label=dict(enumerate(genres)), label2id={g: i for i, g in enumerate(genres)},
                                  feature_mean=mean, feature_std=std, **s.model)
     model = MusicGenreMoE(config)
+    if config.frontend != "none":  # as train.build_model: the front end starts pretrained (predict_audio runs it)
+        model.load_pretrained_frontend()
     if init_state is not None:
         model.load_state_dict(init_state)
     return model
@@ -292,8 +312,24 @@ def cross_validate(data, s, folds, methods=METHODS, init_state=None, moe_fit="re
     return pooled, best_epochs
 
 
-def summarise(r, genres):
-    """Track-level (pooled) and window-level metrics of one method's pooled CV results."""
+def by_source(r, sources, source_names):
+    """{folder name: track accuracy, its 95% Wilson interval, correct, n} over the pooled test tracks of each folder."""
+    out = {}
+    correct = r["t_scores"].argmax(1) == r["t_labels"]
+    src = sources[r["t_ids"]]
+    for i, name in enumerate(source_names):
+        sel = src == i
+        n, c = int(sel.sum()), int(correct[sel].sum())
+        out[name] = {"track_accuracy": c / n if n else float("nan"),
+                     "track_accuracy_ci95": list(evaluation.wilson_interval(c, n)), "n_correct": c, "n_tracks": n}
+    return out
+
+
+def summarise(r, genres, sources=None, source_names=()):
+    """Track-level (pooled) and window-level metrics of one method's pooled CV results.
+
+    With several data folders (`sources`: folder index per track) also the accuracy on each
+    folder's test tracks ("by_source"), e.g. 30-s clips and 2-3 s excerpts apart."""
     tm = evaluation.classification_metrics(r["t_labels"], r["t_scores"], genres)
     wm = evaluation.classification_metrics(r["w_labels"], r["w_probs"], genres)
     out = {
@@ -304,6 +340,8 @@ def summarise(r, genres):
         "window_accuracy": wm["accuracy"], "window_accuracy_ci95": wm["accuracy_ci95"], "window_macro_f1": wm["macro_f1"],
         "n_windows": int(len(r["w_labels"])),
     }
+    if sources is not None and len(source_names) > 1:
+        out["by_source"] = by_source(r, sources, source_names)
     if r["w_gates"] is not None:
         sa = evaluation.self_activation(r["w_labels"], r["w_gates"], genres)
         out |= {"self_activation": sa, "mean_self_activation": float(np.mean(list(sa.values()))),
@@ -382,6 +420,18 @@ def results_table(summaries):
     return "\n".join(lines)
 
 
+def source_table(summaries):
+    """Track accuracy on each data folder's test tracks (pooled over folds), one row per method."""
+    names = list(next(iter(summaries.values()))["by_source"])
+    lines = ["| method | " + " | ".join(f"{n}: accuracy (95% CI), correct" for n in names) + " |",
+             "| --- " * (len(names) + 1) + "|"]
+    for method, m in summaries.items():
+        cells = [f"{v['track_accuracy']:.3f} ({v['track_accuracy_ci95'][0]:.3f}-{v['track_accuracy_ci95'][1]:.3f}), "
+                 f"{v['n_correct']}/{v['n_tracks']}" for v in m["by_source"].values()]
+        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def per_genre_table(summaries, genres):
     names = list(summaries)
     lines = ["| genre | " + " | ".join(f"{METHOD_NAMES.get(n, n)} recall" for n in names) + " | MoE self-activation |",
@@ -417,9 +467,17 @@ def evaluate(args, argv, log):
     for path, reason in data.skipped:
         log(f"skipped {path}: {reason}")
     track_labels = track_labels_of(data)
-    folds = cv_folds(track_labels, args.folds, args.seed)
+    sources = track_sources(data, args.data_dir)
+    source_names = [Path(d).name for d in args.data_dir]
+    if len(set(source_names)) < len(source_names):
+        source_names = [f"{i}:{n}" for i, n in enumerate(source_names)]
+    multi = len(args.data_dir) > 1
+    folds = cv_folds(track_labels, args.folds, args.seed, sources if multi else None)
     split_desc = (f"StratifiedKFold({len(folds)} folds, shuffle, random_state={args.seed}) over "
-                  f"{len(track_labels)} recordings; MoE validation tracks: train.split_tracks of each training fold "
+                  f"{len(track_labels)} recordings"
+                  + (f" (strata: genre x folder; {', '.join(f'{n} {int((sources == i).sum())}' for i, n in enumerate(source_names))})"
+                     if multi else "")
+                  + "; MoE validation tracks: train.split_tracks of each training fold "
                   f"with train:val {s.split.split(',')[0]}:{s.split.split(',')[1]} (seed {args.seed}+fold)"
                   + ("; then refit on the whole training fold for the early-stopping epoch count"
                      if args.moe_fit == "refit" else "; early-stopped model kept (holdout)"))
@@ -428,12 +486,13 @@ def evaluate(args, argv, log):
     log(f"split: {split_desc}")
     results = {"data_dir": data.source, "genres": genres, "n_tracks": len(track_labels),
                "n_windows": int(len(data.labels)), "skipped": [[str(p), r] for p, r in data.skipped],
+               "sources": {n: int((sources == i).sum()) for i, n in enumerate(source_names)},
                "split": split_desc, "folds": [[data.track_names[t] for t in te] for _, te in folds],
                "train_settings": dataclasses.asdict(s), "command": " ".join(sys.argv) if argv is None else argv}
 
     t0 = time.perf_counter()
     pooled, best_epochs = cross_validate(data, s, folds, moe_fit=args.moe_fit, log=log)
-    summaries = {m: summarise(pooled[m], genres) for m in METHODS}
+    summaries = {m: summarise(pooled[m], genres, sources, source_names) for m in METHODS}
     results["cv"] = summaries
     results["moe_best_epochs"] = best_epochs
     results["timings"] = {"cv_s": time.perf_counter() - t0}
@@ -444,14 +503,24 @@ def evaluate(args, argv, log):
     if args.repeats > 1:
         t1 = time.perf_counter()
         counts = {m: [summaries[m]["n_correct"]] for m in METHODS}
+        src_counts = {m: {n: [summaries[m]["by_source"][n]["n_correct"]] for n in source_names} for m in METHODS} if multi else {}
         for rep_seed in range(args.seed + 1, args.seed + args.repeats):
             s_rep = dataclasses.replace(s, seed=rep_seed)
-            p_rep, _ = cross_validate(data, s_rep, cv_folds(track_labels, args.folds, rep_seed),
+            p_rep, _ = cross_validate(data, s_rep, cv_folds(track_labels, args.folds, rep_seed, sources if multi else None),
                                       moe_fit=args.moe_fit, log=lambda *_: None)
             for m in METHODS:
                 counts[m].append(int((p_rep[m]["t_scores"].argmax(1) == p_rep[m]["t_labels"]).sum()))
+                if multi:
+                    for n, v in by_source(p_rep[m], sources, source_names).items():
+                        src_counts[m][n].append(v["n_correct"])
+            log(f"repeat seed {rep_seed}: " + "  ".join(f"{m} {counts[m][-1]}" for m in METHODS))
         results["repeats"] = {"seeds": list(range(args.seed, args.seed + args.repeats)), "n_correct": counts,
                               "mean_accuracy": {m: float(np.mean(c)) / len(track_labels) for m, c in counts.items()}}
+        if multi:
+            n_src = results["sources"]
+            results["repeats"]["n_correct_by_source"] = src_counts
+            results["repeats"]["mean_accuracy_by_source"] = {
+                m: {n: float(np.mean(c)) / n_src[n] for n, c in d.items()} for m, d in src_counts.items()}
         results["timings"]["repeats_s"] = time.perf_counter() - t1
 
     shared = synthetic_genres(genres)
@@ -499,7 +568,10 @@ def format_report(results, args, s):
     lines = [f"## {len(genres)} genres: {', '.join(genres)}", "", f"command: `{cmd}`",
              f"data: {results['n_tracks']} recordings, {results['n_windows']} windows; skipped {len(results['skipped'])}",
              f"split: {results['split']}", "", "### Track-level cross-validation (pooled over folds)", "",
-             results_table(results["cv"]), "", per_genre_table(results["cv"], genres), "",
+             results_table(results["cv"]), ""]
+    if "by_source" in results["cv"]["moe"]:
+        lines += ["Each folder's test tracks apart (pooled over folds):", "", source_table(results["cv"]), ""]
+    lines += [per_genre_table(results["cv"], genres), "",
              "per-fold track accuracy: " + "; ".join(
                  f"{METHOD_NAMES[m]} {[round(a, 2) for a in results['cv'][m]['fold_accuracy']]}" for m in METHODS),
              f"MoE early-stopping epochs per fold: {results['moe_best_epochs']}"]
@@ -509,6 +581,13 @@ def format_report(results, args, s):
                   "| method | per repeat | mean accuracy |", "| --- | --- | --- |"]
         lines += [f"| {METHOD_NAMES[m]} | {' '.join(map(str, c))} | {r['mean_accuracy'][m]:.3f} |"
                   for m, c in r["n_correct"].items()]
+        if "n_correct_by_source" in r:
+            n_src = results["sources"]
+            lines += ["", "| method | " + " | ".join(f"{n} ({k} tracks): per repeat, mean accuracy" for n, k in n_src.items())
+                      + " |", "| --- " * (len(n_src) + 1) + "|"]
+            lines += [f"| {METHOD_NAMES[m]} | " + " | ".join(
+                f"{' '.join(map(str, c))}, {r['mean_accuracy_by_source'][m][n]:.3f}" for n, c in d.items()) + " |"
+                for m, d in r["n_correct_by_source"].items()]
     if "sim_to_real" in results:
         r = results["sim_to_real"]
         lines += ["", f"### Sim-to-real: trained on {sum(r['synthetic_clips'])} synthetic clips "
