@@ -608,9 +608,13 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other error here (argparse adds the usage)
+        raise UsageError(f"{message} (see --help)")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="classify.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="classify.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="audio files, folders (searched recursively) or globs")
     p.add_argument("--model", required=True,
                    help="run folder, save_pretrained or exported folder, .pt checkpoint, or Hub id (user/name)")

@@ -282,7 +282,8 @@ def test_resume_after_the_process_is_killed(reference, library, run_dir, tmp_pat
 
 
 @pytest.mark.parametrize("case", ["missing-path", "empty-glob", "bad-model", "top-k-0", "top-k-too-big",
-                                  "out-folder-missing", "ray-path", "other-columns", "no-audio"])
+                                  "out-folder-missing", "ray-path", "other-columns", "no-audio",
+                                  "nothing-given", "not-a-number"])
 def test_bad_arguments_fail_with_one_line(case, library, run_dir, tmp_path, capsys):
     out = tmp_path / "p.csv"
     base = [library, "--model", run_dir, "--out", out]
@@ -296,6 +297,8 @@ def test_bad_arguments_fail_with_one_line(case, library, run_dir, tmp_path, caps
         "ray-path": ([library, "--model", run_dir, "--out", out, "--ray", str(library)], "not a Ray address"),
         "other-columns": (base + ["--top-k", "2"], "other columns"),
         "no-audio": ([tmp_path / "docs", "--model", run_dir, "--out", out], "no audio files"),
+        "nothing-given": ([], "required: PATH, --model, --out"),
+        "not-a-number": (base + ["--top-k", "abc"], "--top-k: invalid int value: 'abc'"),
     }[case]
     if case == "other-columns":
         out.write_text("path,genre,confidence\n")
