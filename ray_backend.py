@@ -72,7 +72,9 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> b
         else:
             ray.init(address=address, runtime_env={"working_dir": str(ROOT), "excludes": CODE_EXCLUDES}, **quiet)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError, ... depending on the failure
-        raise RayJobError(f"--ray {address or '(local)'}: cannot start or reach Ray ({_one_line(exc)})") from exc
+        hint = ("" if address in (None, "local") or os.environ.get("RAY_AUTH_MODE") else
+                "; a cluster started with token authentication also needs RAY_AUTH_MODE=token and its token here")
+        raise RayJobError(f"--ray {address or '(local)'}: cannot start or reach Ray ({_one_line(exc)}){hint}") from exc
     return True
 
 
