@@ -63,8 +63,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fewshot  # noqa: E402
 import train  # noqa: E402
-from ablation_experts import ZSCORED_INPUT, load_recordings, train_fixed_epochs  # noqa: E402
+from ablation_experts import AUDIO_EXTENSIONS, train_fixed_epochs  # noqa: E402
+from batch_features import extract_many  # noqa: E402
 from configuration import MusicGenreMoEConfig  # noqa: E402
+from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE  # noqa: E402
 from modeling import MusicGenreMoE  # noqa: E402
 
 SEED_GENRES = ("jazz", "blues", "rock", "pop", "classical")
@@ -75,16 +77,26 @@ TRAIN_VARIANTS = {  # name -> (MusicGenreMoEConfig overrides, episodic)
     "kan": ({"expert_type": "kan"}, False),
 }
 PRIMARY = "weighted euclidean"
+#: The musicnn space's variant, chosen in the development direction (--swap) only; see the docstring.
+MUSICNN_PRIMARY = "musicnn l2 (cosine, not z-scored)"
+BASELINE = "raw euclidean"
 
 
 # -- embedding models -------------------------------------------------------------------------------
 
 
 def train_embedder(x, y, config_kwargs, episodic, epochs, seed, genres):
-    """A MusicGenreMoE trained on z-scored rows (x, y) of the train genres for a fixed number of epochs."""
+    """A MusicGenreMoE trained on z-scored rows (x, y) of the train genres for a fixed number of epochs.
+
+    Rows wider than 59 are the 59 features then the musicnn embedding (the model gets frontend="musicnn";
+    its front-end network is not used, the rows already hold the embedding).
+    """
     torch.manual_seed(seed)
+    width = x.shape[1]
+    if width > N_FEATURES:
+        config_kwargs = {**config_kwargs, "frontend": "musicnn"}
     config = MusicGenreMoEConfig(id2label=dict(enumerate(genres)), label2id={g: i for i, g in enumerate(genres)},
-                                 **ZSCORED_INPUT, **config_kwargs)
+                                 feature_mean=[0.0] * width, feature_std=[1.0] * width, **config_kwargs)
     model = MusicGenreMoE(config)
     s = train.TrainSettings(seed=seed, episodic=episodic)
     train_fixed_epochs(model, x, y, epochs, s)  # s.episodic adds the prototypical loss
@@ -92,6 +104,54 @@ def train_embedder(x, y, config_kwargs, episodic, epochs, seed, genres):
 
 
 LAYERS = ("fused", "encoder", "encoder1", "raw+encoder")
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+
+def recording_paths(data_dirs, genres):
+    """(paths, genre index per path) of every audio file under <dir>/<genre>/ for each dir (merged by genre)."""
+    paths, labels = [], []
+    for i, g in enumerate(genres):
+        for d in data_dirs:
+            folder = Path(d) / g
+            if folder.is_dir():
+                files = sorted(f for f in folder.iterdir()
+                               if f.suffix.lower() in AUDIO_EXTENSIONS and not f.name.startswith("."))
+                paths += files
+                labels += [i] * len(files)
+    return paths, labels
+
+
+def load_pool(data_dirs, genres, frontend="none", clip_seconds=CLIP_SECONDS):
+    """Window rows of the genres' recordings in every folder (cached by `extract_many`).
+
+    Returns (rows (n_windows, 59 or 259), labels, tracks, track_names, starts): one track per file;
+    with frontend="musicnn" each row is the 59 features then the window's 200-d musicnn embedding.
+    `starts[t]` are the first samples (22,050 Hz) of track t's kept windows.
+    """
+    paths, path_labels = recording_paths(data_dirs, genres)
+    result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=clip_seconds, progress=False,
+                          frontend=None if frontend == "none" else frontend)
+    feats, labels, tracks = [], [], []
+    for t, (k, f) in enumerate(zip(result.ok, result.features)):
+        feats.append(f)
+        labels += [path_labels[k]] * len(f)
+        tracks += [t] * len(f)
+    names = [str(paths[k]) for k in result.ok]
+    return (np.concatenate(feats).astype(np.float32), np.asarray(labels), np.asarray(tracks), names,
+            list(result.starts))
+
+
+def zscore(x_train, *others):
+    """Rows z-scored with the train rows' `train.feature_stats` (what a trained model's config holds)."""
+    mean, std = train.feature_stats(x_train)
+    return [torch.from_numpy((x - mean) / std).float() for x in (x_train, *others)]
+
+
+def draw_episodes(labels, tracks, n_way, k, n_query, episodes, shot_unit):
+    """The episodes every method (and benchmarks/conv_kan.py) is scored on: seed k, as before."""
+    return fewshot.sample_episodes(episodes, labels, tracks, n_way, k, n_query, seed=k, shot_unit=shot_unit)
 
 
 @torch.no_grad()
@@ -115,7 +175,8 @@ def embeddings(model, x):
 def score_methods(methods, x_raw, episodes, tracks, log=print):
     """method -> per-episode accuracy (n_episodes,) and per-query-recording correctness lists.
 
-    methods: name -> (list of (n_rows, D) embeddings (one per seed), metric[, centre]), or "logreg".
+    methods: name -> (list of (n_rows, D) embeddings (one per seed), metric[, centre]), "logreg" (on
+    `x_raw`), or ("logreg", x) for logistic regression on other rows x.
     """
     out = {}
     for name, spec in methods.items():
@@ -123,8 +184,9 @@ def score_methods(methods, x_raw, episodes, tracks, log=print):
         acc = np.zeros(len(episodes))
         by_track = {}
         for e, ep in enumerate(episodes):
-            if spec == "logreg":
-                per_seed = [fewshot.logistic_regression_accuracy(x_raw, ep)]
+            if isinstance(spec, str) or spec[0] == "logreg":
+                x = x_raw if isinstance(spec, str) else spec[1]
+                per_seed = [fewshot.logistic_regression_accuracy(x, ep)]
             else:
                 embs, metric, centre = (*spec, False)[:3]
                 per_seed = [fewshot.episode_accuracy(emb, ep, metric, centre) for emb in embs]
@@ -137,12 +199,25 @@ def score_methods(methods, x_raw, episodes, tracks, log=print):
     return out
 
 
-def summarise(scored):
+def summarise(scored, baseline=BASELINE):
+    """name -> accuracy with its episode and recording intervals, and its paired difference to `baseline`.
+
+    The difference is paired: same episodes, same queries. Its episode CI is over per-episode
+    differences; its recording CI is a t interval over the query recordings' mean differences.
+    """
     rows = {}
+    base = scored.get(baseline)
     for name, (acc, by_track) in scored.items():
         m, ci = fewshot.mean_ci(acc)
         _, rci, n_rec = fewshot.cluster_ci(by_track)
-        rows[name] = {"accuracy": m, "episode_ci95": list(ci), "recording_ci95": list(rci), "n_recordings": n_rec}
+        rows[name] = {"accuracy": m, "episode_ci95": list(ci), "recording_ci95": list(rci), "n_recordings": n_rec,
+                      "n_episodes": len(acc)}
+        if base is not None and name != baseline:
+            d, dci = fewshot.mean_ci(acc - base[0])
+            diffs = {t: np.asarray(v) - np.asarray(base[1][t]) for t, v in by_track.items()}
+            _, drci, _ = fewshot.cluster_ci(diffs)
+            rows[name].update({"minus_baseline": d, "minus_baseline_episode_ci95": list(dci),
+                               "minus_baseline_recording_ci95": list(drci)})
     return rows
 
 
@@ -156,7 +231,23 @@ def table(results, shots):
             r = results[k][n]
             cells.append(f"{r['accuracy']:.3f} [{r['recording_ci95'][0]:.3f}, {r['recording_ci95'][1]:.3f}] "
                          f"(±{(r['episode_ci95'][1] - r['episode_ci95'][0]) / 2:.3f})")
-        lines.append(f"| {n}{' (primary)' if n == PRIMARY else ''} | " + " | ".join(cells) + " |")
+        lines.append(f"| {n}{' (primary)' if n in (PRIMARY, MUSICNN_PRIMARY) else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def difference_table(results, shots, baseline=BASELINE):
+    """Paired differences to the baseline: mean [recording 95% CI] (episode CI) per K."""
+    names = [n for n in results[shots[0]] if "minus_baseline" in results[shots[0]][n]]
+    lines = [f"| method minus {baseline} | " + " | ".join(f"{k}-shot [recording 95% CI] (episode CI)" for k in shots)
+             + " |", "|---|" + "---|" * len(shots)]
+    for n in names:
+        cells = []
+        for k in shots:
+            r = results[k][n]
+            lo, hi = r["minus_baseline_recording_ci95"]
+            elo, ehi = r["minus_baseline_episode_ci95"]
+            cells.append(f"{r['minus_baseline']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({elo:+.3f}, {ehi:+.3f})")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -165,69 +256,107 @@ def table(results, shots):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data_dir", help="GTZAN-layout folder (one sub-folder of recordings per genre)")
+    p.add_argument("data_dir", nargs="+", help="GTZAN-layout folder(s) (one sub-folder of recordings per genre; "
+                                               "several folders merge by genre name, every file one recording)")
     p.add_argument("--train-genres", default=",".join(SEED_GENRES))
     p.add_argument("--test-genres", default=",".join(NEW_GENRES))
     p.add_argument("--swap", action="store_true", help="development direction: train on the test genres, "
                                                        "evaluate on the train genres")
+    p.add_argument("--frontend", choices=("none", "musicnn"), default="none",
+                   help="musicnn: add the pretrained front end's spaces (its 200-d embedding, z-scored or "
+                        "L2-normalised, and the 259-d concatenation) and logistic regression on them")
+    p.add_argument("--shot-unit", choices=fewshot.SHOT_UNITS, default="window",
+                   help="a shot is one 5-s window (default) or one whole recording (needs K + 1 recordings per genre)")
     p.add_argument("--n-way", type=int, default=5)
     p.add_argument("--shots", default="1,5")
     p.add_argument("--n-query", type=int, default=5, help="query windows per class per episode")
     p.add_argument("--episodes", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--seeds", type=int, default=3, help="embedding models per training variant")
-    p.add_argument("--variants", default=",".join(TRAIN_VARIANTS),
-                   help=f"subset of {list(TRAIN_VARIANTS)} ('' for none)")
+    p.add_argument("--variants", default=None,
+                   help=f"subset of {list(TRAIN_VARIANTS)} ('' for none; default all, or 'mlp' with --frontend musicnn)")
     p.add_argument("--alpha", type=float, default=1.0, help="sharpness of fewshot.feature_weights")
-    p.add_argument("--layers", default=",".join(LAYERS), help=f"embeddings to score, of {list(LAYERS)}")
+    p.add_argument("--layers", default=None, help=f"embeddings to score, of {list(LAYERS)} "
+                                                  "(default all, or 'fused' with --frontend musicnn)")
+    p.add_argument("--metrics", default=",".join(fewshot.METRICS), help="distances for the trained embeddings")
     p.add_argument("--quick", action="store_true", help="tiny smoke run; numbers not meaningful")
-    p.add_argument("--out", default=None, help="JSON results (default runs/fewshot_eval[_swap].json)")
+    p.add_argument("--out", default=None, help="JSON results (default runs/fewshot_eval[_musicnn][_swap].json)")
     a = p.parse_args(argv)
+    musicnn = a.frontend == "musicnn"
+    if a.variants is None:
+        a.variants = "mlp" if musicnn else ",".join(TRAIN_VARIANTS)
+    if a.layers is None:
+        a.layers = "fused" if musicnn else ",".join(LAYERS)
     if a.quick:
         a.episodes, a.epochs, a.seeds = 30, 3, 1
     if a.swap:
         a.train_genres, a.test_genres = a.test_genres, a.train_genres
-    a.out = a.out or str(ROOT / "runs" / f"fewshot_eval{'_swap' if a.swap else ''}.json")
+    a.out = a.out or str(ROOT / "runs" / f"fewshot_eval{'_musicnn' if musicnn else ''}{'_swap' if a.swap else ''}.json")
     return a
+
+
+def feature_methods(x_tr, y_tr, x_te, alpha=1.0, frontend="none"):
+    """The training-free methods: name -> spec for `score_methods`, and the z-scored test rows.
+
+    x_tr, x_te: raw rows (59, or 59 + 200 with musicnn) of the train and test genres. Each space is
+    z-scored with the train genres' stats (`train.feature_stats`), as a trained model's config does:
+    ``raw`` the 59 features (prototype_space "features" of a model without a front end), ``musicnn``
+    the 200-d embedding alone (prototype_space "frontend"), ``concat`` all 259 (prototype_space
+    "features" of a musicnn model); ``musicnn l2`` is the embedding L2-normalised without z-scoring.
+    """
+    z_tr, z_te = zscore(x_tr[:, :N_FEATURES], x_te[:, :N_FEATURES])
+    w = fewshot.feature_weights(z_tr.numpy(), y_tr, alpha=alpha)  # train genres only
+    zw_te = fewshot.weighted_features(z_te, w)
+    methods = {"raw euclidean": ([z_te], "euclidean"), "raw logreg": "logreg"}
+    if frontend == "none":
+        methods.update({"raw cosine": ([z_te], "cosine"), "raw cosine centred": ([z_te], "cosine", True),
+                        "weighted euclidean": ([zw_te], "euclidean"), "weighted cosine": ([zw_te], "cosine"),
+                        "weighted cosine centred": ([zw_te], "cosine", True)})
+        return methods, z_tr, z_te, w
+    _, m_te = zscore(x_tr[:, N_FEATURES:], x_te[:, N_FEATURES:])
+    _, c_te = zscore(x_tr, x_te)
+    e_te = torch.from_numpy(x_te[:, N_FEATURES:]).float()
+    methods.update({
+        "musicnn euclidean": ([m_te], "euclidean"), "musicnn cosine": ([m_te], "cosine"),
+        "musicnn cosine centred": ([m_te], "cosine", True), "musicnn l2 (cosine, not z-scored)": ([e_te], "cosine"),
+        "musicnn logreg": ("logreg", m_te.numpy()),
+        "concat euclidean": ([c_te], "euclidean"), "concat cosine": ([c_te], "cosine"),
+        "concat logreg": ("logreg", c_te.numpy()),
+    })
+    return methods, z_tr, z_te, w
 
 
 def main(argv=None, log=print):
     a = parse_args(argv)
     train_genres, test_genres = a.train_genres.split(","), a.test_genres.split(",")
     shots = [int(k) for k in a.shots.split(",")]
-    x_tr, y_tr, _, _ = load_recordings(a.data_dir, train_genres)
-    x_te, y_te, t_te, names = load_recordings(a.data_dir, test_genres)
-    mean, std = train.feature_stats(x_tr)  # the train genres' stats, as a trained model's config holds
-    z_tr = torch.from_numpy((x_tr - mean) / std).float()
-    z_te = torch.from_numpy((x_te - mean) / std).float()
+    x_tr, y_tr, _, _, _ = load_pool(a.data_dir, train_genres, a.frontend)
+    x_te, y_te, t_te, names, _ = load_pool(a.data_dir, test_genres, a.frontend)
     log(f"train genres {train_genres}: {len(y_tr)} windows; test genres {test_genres}: {len(y_te)} windows, "
-        f"{len(names)} recordings")
+        f"{len(names)} recordings; front end {a.frontend}, shot unit {a.shot_unit}")
 
-    w = fewshot.feature_weights(z_tr.numpy(), y_tr, alpha=a.alpha)  # train genres only
-    zw_te = fewshot.weighted_features(z_te, w)
-    methods = {"raw euclidean": ([z_te], "euclidean"), "raw cosine": ([z_te], "cosine"),
-               "raw cosine centred": ([z_te], "cosine", True), "raw logreg": "logreg",
-               "weighted euclidean": ([zw_te], "euclidean"), "weighted cosine": ([zw_te], "cosine"),
-               "weighted cosine centred": ([zw_te], "cosine", True)}
+    methods, _, z_te, w = feature_methods(x_tr, y_tr, x_te, a.alpha, a.frontend)
+    zc_tr, zc_te = zscore(x_tr, x_te)  # the model's input: 59 (or 259) z-scored values
     for variant in filter(None, a.variants.split(",")):
         cfg, episodic = TRAIN_VARIANTS[variant]
         t0 = time.perf_counter()
-        embs = [embeddings(train_embedder(z_tr, torch.from_numpy(y_tr).long(), cfg, episodic, a.epochs, seed,
-                                          train_genres), z_te) for seed in range(a.seeds)]
+        embs = [embeddings(train_embedder(zc_tr, torch.from_numpy(y_tr).long(), cfg, episodic, a.epochs, seed,
+                                          train_genres), zc_te) for seed in range(a.seeds)]
         log(f"trained {a.seeds} x {variant} ({time.perf_counter() - t0:.0f} s)")
         for layer in a.layers.split(","):
-            for metric in fewshot.METRICS:
+            for metric in a.metrics.split(","):
                 methods[f"{variant} {layer} {metric}"] = ([e[layer] for e in embs], metric)
 
     results = {}
     for k in shots:
         log(f"{a.n_way}-way {k}-shot, {a.episodes} episodes")
-        episodes = fewshot.sample_episodes(a.episodes, y_te, t_te, a.n_way, k, a.n_query, seed=k)
+        episodes = draw_episodes(y_te, t_te, a.n_way, k, a.n_query, a.episodes, a.shot_unit)
         results[k] = summarise(score_methods(methods, z_te.numpy(), episodes, t_te, log=log))
-    report = table(results, shots)
+    report = table(results, shots) + "\n\n" + difference_table(results, shots)
     print(report)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"settings": vars(a), "train_genres": train_genres, "test_genres": test_genres,
+                                       "n_test_windows": int(len(y_te)), "n_test_recordings": len(names),
                                        "feature_weights": [round(float(v), 4) for v in w],
                                        "results": {str(k): v for k, v in results.items()}, "table": report},
                                       indent=2))

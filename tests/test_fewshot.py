@@ -310,3 +310,97 @@ def test_unknown_prototype_space_is_an_error():
 def test_prototypes_of_the_wrong_width_for_their_space_are_an_error():
     with pytest.raises(ValueError, match=r"prototype_space 'features' must have 59 values, got \{'surf': 32\}"):
         MusicGenreMoEConfig(**TINY, prototypes={"surf": [0.0] * 32})
+
+
+# -- benchmarks/fewshot_eval.py (musicnn spaces, paired differences) and benchmarks/conv_kan.py ----------
+
+
+def _bench(name):
+    import importlib
+    import sys
+    from pathlib import Path
+
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module(name)
+
+
+def test_fewshot_eval_musicnn_spaces_and_paired_differences():
+    fe = _bench("fewshot_eval")
+    labels, tracks = toy_rows()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(len(labels), 259)).astype(np.float32)
+    x[:, 59:109] += 3 * np.repeat(np.eye(5, dtype=np.float32), 10, axis=1)[labels]  # the "embedding" knows the classes
+    x[:, 59:] = np.abs(x[:, 59:])  # ReLU-like units
+    methods, z_tr, z_te, _ = fe.feature_methods(x, labels, x, frontend="musicnn")
+    assert {"raw euclidean", "raw logreg", fe.MUSICNN_PRIMARY, "musicnn l2 (cosine, not z-scored)",
+            "concat euclidean", "concat logreg"} <= set(methods)
+    assert z_te.shape == (len(labels), 59) and methods["concat euclidean"][0][0].shape == (len(labels), 259)
+    mean, std = train.feature_stats(x[:, 59:])
+    np.testing.assert_allclose(methods["musicnn euclidean"][0][0].numpy(), (x[:, 59:] - mean) / std, rtol=1e-5, atol=1e-5)
+    episodes = fe.draw_episodes(labels, tracks, 5, 2, 3, 20, "window")
+    keep = {n: methods[n] for n in ("raw euclidean", "musicnn euclidean", fe.MUSICNN_PRIMARY, "musicnn logreg")}
+    scored = fe.score_methods(keep, z_te.numpy(), episodes, tracks, log=lambda *_: None)
+    rows = fe.summarise(scored)
+    assert rows["musicnn euclidean"]["accuracy"] > rows["raw euclidean"]["accuracy"] + 0.3
+    d = rows["musicnn euclidean"]
+    assert d["minus_baseline"] == pytest.approx(d["accuracy"] - rows["raw euclidean"]["accuracy"])
+    lo, hi = d["minus_baseline_recording_ci95"]
+    assert lo <= d["minus_baseline"] <= hi and "minus_baseline" not in rows["raw euclidean"]
+    assert "| musicnn l2 (cosine, not z-scored) (primary) |" in fe.table({2: rows}, [2])
+    assert "musicnn logreg" in fe.difference_table({2: rows}, [2])
+    # recording shots: whole recordings in the prototype
+    ep = fe.draw_episodes(labels, tracks, 5, 2, 3, 1, "recording")[0]
+    assert len(ep.support) == 5 * 2 * 6
+
+
+def test_kan_conv_is_a_kan_layer_on_unfolded_neighbourhoods():
+    ck = _bench("conv_kan")
+    torch.manual_seed(0)
+    conv = ck.KANConv2d(2, 3, 3)
+    x = torch.randn(2, 2, 5, 4)
+    out = conv(x)
+    assert out.shape == (2, 3, 5, 4)
+    cols = F.unfold(x, 3, padding=1)  # (2, 18, 20)
+    torch.testing.assert_close(out[1, :, 2, 1], conv.kan(cols[1, :, 2 * 4 + 1]))
+
+
+def test_conv_kan_has_the_cnns_layers_with_kan_convolutions():
+    ck = _bench("conv_kan")
+    cnn, kan = ck.ConvEmbedder("cnn", (2, 4), 6), ck.ConvEmbedder("kan", (2, 4), 6)
+    cnn_types = [type(m).__name__ for m in cnn.blocks if not isinstance(m, torch.nn.ReLU)]
+    assert [type(m).__name__ for m in kan.blocks] == [t.replace("Conv2d", "KANConv2d") for t in cnn_types]
+    assert type(cnn.head).__name__ == "Linear" and type(kan.head).__name__ == "KANLinear"
+    assert cnn(torch.zeros(2, 187, 96)).shape == kan(torch.zeros(2, 187, 96)).shape == (2, 6)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "kan"])
+def test_conv_embedders_learn_with_the_prototypical_loss(kind):
+    ck = _bench("conv_kan")
+    rng = np.random.default_rng(0)
+    mels = [rng.normal(1.0, 2.0, (200 + 10 * i, 96)).astype(np.float32) for i in range(6)]
+    for i in (0, 2, 4):
+        mels[i][:, :24] += 6.0  # genre 0: loud low bands
+    mel_labels = np.array([0, 1, 0, 1, 0, 1])
+    x, y = ck.sample_batch(rng, mels, mel_labels, 2, 3)
+    assert x.shape == (6, 187, 96) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+    args = ck.parse_args(["dir", "--steps", "15", "--channels", "2,4", "--embedding", "6", "--lr", "1e-2",
+                          "--batch-way", "2", "--batch-shot", "3"])
+    trained, _ = ck.train_embedder(kind, mels, mel_labels, args, 0, (1.0, 2.0), log=lambda *_: None)
+    emb = ck.embed(trained, np.stack([m[:187] for m in mels]))
+    assert emb.shape == (6, 6) and torch.isfinite(emb).all()
+    assert fewshot.batch_prototypical_loss(emb, torch.from_numpy(mel_labels)).item() < 0.5
+
+
+def test_conv_kan_windows_are_the_extracted_windows():
+    ck = _bench("conv_kan")
+    from features import extract_windows
+
+    sr = 22050
+    y = np.random.default_rng(0).normal(0, 0.1, int(12.6 * sr)).astype(np.float32)  # 2 windows + an end-aligned tail
+    _, starts = extract_windows(y, sr, 5.0, return_starts=True)
+    wins = ck.window_audio(y, starts, sr, 5.0)
+    assert len(wins) == len(starts) == 3
+    for w, s in zip(wins, starts):
+        np.testing.assert_array_equal(w, y[s:s + 5 * sr])
