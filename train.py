@@ -86,6 +86,9 @@ class TrainSettings:
                          unit="epochs", lo=1, hi=100_000)
     n_jobs: int | None = _opt(None, "Worker processes for feature extraction (default: every core).",
                               unit="processes", lo=1, hi=1024)
+    ray: str | None = _opt(None, "Extract the recordings' features on Ray (ray_backend.extract_many_ray): "
+                           "'local' starts a local Ray, 'auto' or HOST:PORT joins a cluster whose nodes can read "
+                           "the data folders (needs requirements-ray.txt).", unit="address")
     cache_dir: str | None = _opt(None, "Feature cache folder (default: batch_features' own); 'none' disables "
                                  "the cache.", unit="path")
     plots: bool = _opt(True, "Write the eight figures into the run folder.")
@@ -181,6 +184,8 @@ def _add_flag(p, name, t, default, meta, model=False):
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
     elif name == "data_dir":  # repeatable: --data-dir A --data-dir B
         p.add_argument(flag, action="append", type=_text, default=None, help=text, metavar="PATH")
+    elif name == "ray":  # --ray alone means a local Ray
+        p.add_argument(flag, nargs="?", const="local", type=_text, default=None, help=text, metavar="ADDRESS")
     elif meta.get("choices"):
         p.add_argument(flag, choices=meta["choices"], default=default, help=text)
     else:
@@ -385,8 +390,14 @@ def data_roots(data):
 def load_folder(s, listed=None):
     paths, labels, genres = listed or list_recordings(s.data_dir, s.genres)
     clip_seconds = s.model["clip_seconds"]
-    result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=clip_seconds, n_jobs=s.n_jobs, cache_dir=_cache(s),
-                          frontend=s.model["frontend"])
+    if s.ray is None:
+        result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=clip_seconds, n_jobs=s.n_jobs, cache_dir=_cache(s),
+                              frontend=s.model["frontend"])
+    else:  # the same result, computed by Ray workers (one machine or a cluster)
+        from ray_backend import extract_many_ray
+
+        result = extract_many_ray(paths, sr=SAMPLE_RATE, clip_seconds=clip_seconds, cache_dir=_cache(s),
+                                  address=None if s.ray == "local" else s.ray, frontend=s.model["frontend"])
     # Unreadable files drop out: the split must still find enough readable recordings per genre.
     readable = np.bincount(labels[np.asarray(result.ok, dtype=int)], minlength=len(genres)).tolist()
     try:
@@ -795,6 +806,8 @@ def public_settings(s):
         args["data_dir"] = [Path(d).expanduser().name for d in args["data_dir"]]
     if args["cache_dir"] not in (None, "none"):
         args["cache_dir"] = "custom"
+    if args["ray"] not in (None, "local"):
+        args["ray"] = "cluster"  # not the cluster's address
     return args
 
 

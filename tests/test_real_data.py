@@ -166,3 +166,30 @@ def test_several_data_dirs_merge_by_genre_name(tmp_path):
     assert genres == ["jazz", "pop", "rock"]
     assert sorted(p.name for p, label in zip(paths, labels) if genres[label] == "rock") == ["a-rock.wav", "b-rock.wav"]
     assert train.public_settings(s)["data_dir"] == ["a", "b"]
+
+
+def test_ray_flag_sends_the_folder_extraction_to_ray(tmp_path, monkeypatch):
+    import batch_features
+    import ray_backend
+    import train
+
+    assert train.parse_settings(["--ray"]).ray == "local" and train.parse_settings([]).ray is None
+    assert train.parse_settings(["--ray", "10.0.0.1:6379"]).ray == "10.0.0.1:6379"
+    for g in ("jazz", "rock"):
+        (tmp_path / g).mkdir()
+        for i in range(3):
+            sf.write(tmp_path / g / f"{g}{i}.wav", generate_clip(g, np.random.default_rng(i), duration=5.0),
+                            22050)
+    calls = []
+
+    def on_ray(paths, **kwargs):  # stands in for the cluster: records the call, extracts locally
+        calls.append(kwargs)
+        return batch_features.extract_many(paths, n_jobs=1, cache_dir=False, sr=kwargs["sr"],
+                                           clip_seconds=kwargs["clip_seconds"], frontend=kwargs["frontend"])
+
+    monkeypatch.setattr(ray_backend, "extract_many_ray", on_ray)
+    s = train.parse_settings(["--data-dir", str(tmp_path), "--ray", "auto", "--cache-dir", "none"])
+    data = train.load_folder(s)
+    assert calls == [{"sr": 22050, "clip_seconds": 5.0, "cache_dir": False, "address": "auto", "frontend": "none"}]
+    assert len(data.track_names) == 6
+    assert train.public_settings(s)["ray"] == "cluster"
