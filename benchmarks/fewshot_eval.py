@@ -45,6 +45,27 @@ Protocol (definitions in `fewshot.py`)
   1 / 5 shots in the development direction (raw euclidean 0.528 / 0.627), but 0.573 / 0.745 in
   the held-out direction (raw euclidean 0.612 / 0.783): the +5-point target is not met, and the
   weighting is not put in the model.
+
+The pretrained front end (``--frontend musicnn``)
+-------------------------------------------------
+Rows are the 59 features then the window's 200-d musicnn embedding (`extract_many(...,
+frontend="musicnn")`, cached). Methods: ``raw euclidean`` (the baseline every difference is taken
+to, paired: same episodes and queries) and ``raw logreg``; ``musicnn`` the embedding z-scored with
+the train genres' `train.feature_stats` (Euclidean = prototype_space "frontend"; cosine; centred
+cosine), ``musicnn l2`` the embedding L2-normalised without z-scoring (cosine), ``musicnn logreg``;
+``concat`` all 259 z-scored values (Euclidean = prototype_space "features" of a musicnn model;
+cosine; logreg); ``mlp fused euclidean``, the fused expert embedding of a MoE trained on the 259
+inputs (prototype_space "embedding"). The second table gives each method minus raw euclidean with
+a recording-level t interval over the query recordings' mean differences and the episode interval.
+
+Chosen in the development direction only (``--swap``, run of
+``python benchmarks/fewshot_eval.py ../shared/data/gtzan-mini-dev --frontend musicnn --epochs 20
+--seeds 1 --metrics euclidean --episodes 300 --swap``): of the musicnn variants, ``musicnn l2``
+(0.802 / 0.924 at 1 / 5 shots; z-scored Euclidean 0.756 / 0.893, cosine 0.799 / 0.914; raw
+euclidean 0.528 / 0.627) is `MUSICNN_PRIMARY`. The same command without ``--swap``, run once:
+``musicnn l2`` 0.686 / 0.804 against raw euclidean 0.617 / 0.787, 5-shot difference +0.017
+(recording CI -0.130 to +0.161): the +5-point target is missed. ``concat cosine`` reached 0.878
+(+0.091, recording CI -0.024 to +0.205) there, but it was not the development direction's choice.
 """
 
 import argparse
