@@ -7,17 +7,28 @@ predictions for any audio files.
     python benchmarks/eval_real.py DIR --genres blues,classical,jazz,pop,rock --predict a.ogg b.mp3
     python benchmarks/eval_real.py DIR --train-args="--routing-weight 1.0"        # any train.py flags
     python benchmarks/eval_real.py DIR --quick --no-sim --cache-dir none          # smoke run (seconds)
+    python benchmarks/eval_real.py DIR1 DIR2 --no-sim --train-args "--frontend musicnn --clip-seconds 6"
+    python benchmarks/eval_real.py DIR1 DIR2 --no-sim --methods logreg,1nn --train-args "--frontend musicnn"
 
-DIR holds one sub-folder of recordings per genre (GTZAN's layout), as for `train.py --data-dir`.
+DIR holds one sub-folder of recordings per genre (GTZAN's layout), as for `train.py --data-dir`;
+several DIRs merge by genre name (e.g. the 30-s clips of gtzan-mini-dev and the 2-3 s excerpts
+of gtzan-short-dev).
 
 Protocol
 --------
 Unit of splitting: the recording (track). Tracks are split by scikit-learn's StratifiedKFold
 (``--folds`` folds, shuffled, ``random_state=--seed``); every track is tested exactly once.
-Windows of one track are never on both sides of a split.
+Windows of one track are never on both sides of a split. With several DIRs the strata are
+genre x folder (every fold tests its share of each folder's recordings of each genre), and
+every method's accuracy is also reported on each folder's test tracks apart (pooled over folds,
+with Wilson intervals; per repeat with ``--repeats``).
 
 Features: `train.load_folder` (features.extract_many: workers, cache; unreadable files are
 listed and skipped), every track cut into ``clip_seconds`` windows (5 s: six per 30-s clip).
+With ``--train-args "--frontend musicnn"`` each window row also holds its 200-d musicnn embedding
+(cached), and the MoE *and* the baselines see those same rows; the MoEs start from the pretrained
+front end, so ``--predict`` runs it on new audio. ``--methods logreg,1nn`` skips the MoE (a cheap
+sweep of inputs or window lengths).
 
 MoE: the recipe of `python train.py` (train.parse_settings defaults, train.fit: AdamW, cosine
 annealing, gradient clipping, early stopping on validation loss), plus any train.py flags given
