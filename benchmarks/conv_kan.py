@@ -33,6 +33,12 @@ Protocol
 * Step time: one training step (forward, prototypical loss, backward, Adam) on the same batch,
   CNN and KAN alternated in the same run (``--timing-rounds`` rounds of ``--timing-steps``
   steps each, median per step), one torch thread; the ratio is KAN / CNN.
+
+Result on gtzan-mini-dev (``--episodes 300 --steps 200 --seeds 1``, held-out direction, run once):
+5-way 1 / 5 shots, conv KAN (71,248 parameters) 0.351 / 0.424, CNN (8,208) 0.366 / 0.463,
+musicnn 0.686 / 0.804, raw feature prototypes 0.617 / 0.787; step time 368 ms against 36 ms
+(10.2x). Trained from scratch on 25 recordings both networks overfit the training genres; the KAN
+is no better than the CNN and 10x slower, so it is not an option in the model.
 """
 
 import argparse
