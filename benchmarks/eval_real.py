@@ -374,8 +374,11 @@ def synthetic_genres(genres):
 
 def train_synthetic(args, shared, out, log=print):
     """train.main on synthetic clips of the shared genres (in DIR's order). Returns (model, its metrics)."""
+    # The real data's front end and window (train.py may default them differently without --data-dir):
+    # the synthetic model must take the same input rows as the recordings it is tested on.
+    real = train_settings(args).model
     argv = ["--out", str(out), "--genres", ",".join(shared), "--seed", str(args.seed), "--no-plots",
-            *shlex.split(args.train_args)]
+            "--frontend", real["frontend"], "--clip-seconds", str(real["clip_seconds"]), *shlex.split(args.train_args)]
     argv += ["--cache-dir", args.cache_dir] if args.cache_dir else []
     argv += ["--n-jobs", str(args.n_jobs)] if args.n_jobs else []
     argv += ["--quick"] if args.quick else []
