@@ -32,7 +32,8 @@ import upload_to_hub  # noqa: E402
 from batch_features import ExtractionResult  # noqa: E402
 
 SR = 22050
-FAST = ["--quick", "--n-per-genre", "8", "--epochs", "3", "--patience", "3", "--cache-dir", "none", "--n-jobs", "1"]
+FAST = ["--quick", "--n-per-genre", "8", "--epochs", "3", "--patience", "3", "--cache-dir", "none", "--n-jobs", "1",
+        "--frontend", "none", "--clip-seconds", "5"]  # the fake extraction below computes the 59 features only
 
 
 def _band_features(y):

@@ -42,18 +42,24 @@ def folder(tmp_path_factory):
     return root
 
 
+# These tests are about folders, splits and windows: the 59 features in 5-s windows keep them fast
+# (the front end's path through train.py is tested in test_real_data_defaults_to_the_front_end).
+FEATURES_ONLY = ["--frontend", "none", "--clip-seconds", "5"]
+
+
 @pytest.fixture(scope="module")
 def run(folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     lines = []
-    metrics = train.main(["--data-dir", str(folder), "--quick", "--cache-dir", "none", "--no-plots",
+    metrics = train.main(["--data-dir", str(folder), "--quick", "--cache-dir", "none", "--no-plots", *FEATURES_ONLY,
                           "--n-jobs", "2", "--out", str(out)], log=lambda *a: lines.append(" ".join(map(str, a))))
     return out, metrics, "\n".join(lines)
 
 
 @pytest.fixture(scope="module")
 def data(folder):
-    return train.load_folder(train.parse_settings(["--data-dir", str(folder), "--cache-dir", "none", "--n-jobs", "2"]))
+    return train.load_folder(train.parse_settings(["--data-dir", str(folder), "--cache-dir", "none", "--n-jobs", "2",
+                                                   *FEATURES_ONLY]))
 
 
 def test_every_format_is_read_and_cut_into_windows(data, folder):
@@ -188,8 +194,18 @@ def test_ray_flag_sends_the_folder_extraction_to_ray(tmp_path, monkeypatch):
                                            clip_seconds=kwargs["clip_seconds"], frontend=kwargs["frontend"])
 
     monkeypatch.setattr(ray_backend, "extract_many_ray", on_ray)
-    s = train.parse_settings(["--data-dir", str(tmp_path), "--ray", "auto", "--cache-dir", "none"])
+    s = train.parse_settings(["--data-dir", str(tmp_path), "--ray", "auto", "--cache-dir", "none", *FEATURES_ONLY])
     data = train.load_folder(s)
     assert calls == [{"sr": 22050, "clip_seconds": 5.0, "cache_dir": False, "address": "auto", "frontend": "none"}]
     assert len(data.track_names) == 6
     assert train.public_settings(s)["ray"] == "cluster"
+
+
+def test_real_data_defaults_to_the_front_end(tmp_path):
+    import train
+
+    s = train.parse_settings(["--data-dir", str(tmp_path)])
+    assert (s.model["frontend"], s.model["clip_seconds"]) == ("musicnn", 6.0)  # the README's evidence
+    s = train.parse_settings(["--data-dir", str(tmp_path), "--frontend", "none", "--clip-seconds=5"])
+    assert (s.model["frontend"], s.model["clip_seconds"]) == ("none", 5.0)  # flags given win
+    assert train.parse_settings([]).model["frontend"] == "none"  # synthetic clips keep the 59 features
