@@ -50,6 +50,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prototypes import class_prototypes, distance_scores  # the maths the model's add_genre uses too
+
 METRICS = ("euclidean", "cosine")
 SHOT_UNITS = ("window", "recording")
 
@@ -201,14 +203,6 @@ def _prepare(emb, metric):
     return F.normalize(emb, dim=-1) if metric == "cosine" else emb
 
 
-def class_prototypes(emb, labels, n_classes):
-    """(n_classes, D) class means of `emb` (n, D) for integer `labels` (n,) in [0, n_classes)."""
-    labels = torch.as_tensor(labels, device=emb.device).long()
-    sums = torch.zeros(n_classes, emb.shape[1], dtype=emb.dtype, device=emb.device).index_add_(0, labels, emb)
-    counts = torch.bincount(labels, minlength=n_classes).clamp_min(1).to(emb.dtype)
-    return sums / counts[:, None]
-
-
 def prototype_logits(support_emb, support_labels, query_emb, n_classes, metric="euclidean", scale=10.0):
     """Scores (n_query, n_classes) of queries against the support set's prototypes.
 
@@ -219,7 +213,7 @@ def prototype_logits(support_emb, support_labels, query_emb, n_classes, metric="
     protos = class_prototypes(s, support_labels, n_classes)
     if metric == "cosine":
         return scale * q @ F.normalize(protos, dim=-1).T
-    return -torch.cdist(q, protos).pow(2)
+    return distance_scores(q, protos)
 
 
 def prototypical_loss(support_emb, support_labels, query_emb, query_labels, n_classes, metric="euclidean"):
