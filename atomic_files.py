@@ -86,6 +86,18 @@ def write_json(path, obj, **dumps_kwargs):
 _PARTIAL = re.compile(r"^\.(?P<kind>[a-z]+)-partial-.*-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 
 
+def unusable_output(folder, overwrite):
+    """Why `folder` cannot receive a new run or export, or None: "is a file", "is under X, which is a
+    file", or "not empty" (a non-empty folder without overwrite). Checked before any work."""
+    folder = Path(folder)
+    for parent in [folder, *folder.parents]:
+        if parent.exists() and not parent.is_dir():
+            return "is a file" if parent == folder else f"is under {parent}, which is a file"
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        return "not empty"
+    return None
+
+
 def partial_folder(target, kind):
     """A new hidden folder beside `target` (created with its parents) to build `target` in."""
     target = Path(target)

@@ -33,7 +33,7 @@ import evaluation
 import plots
 import upload_to_hub
 from atomic_files import (clean_stale_partials, move_into_place, partial_folder, replacing, write_json,
-                          write_text)
+                          unusable_output, write_text)
 from configuration import MusicGenreMoEConfig
 from batch_features import extract_many
 from features import FEATURE_GROUPS, FEATURE_NAMES, N_FEATURES, SAMPLE_RATE, load_audio
@@ -262,13 +262,12 @@ def _parse_split(text):
 def check_out(out, overwrite):
     """Refuse an --out that names a file, or a non-empty folder without --overwrite, before any work."""
     out = Path(out)
-    for parent in [out, *out.parents]:
-        if parent.exists() and not parent.is_dir():
-            what = "is a file" if parent == out else f"is under {parent}, which is a file"
-            raise SettingsError(f"--out {out} {what}; expected a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    problem = unusable_output(out, overwrite)
+    if problem == "not empty":
         raise SettingsError(f"--out {out} already holds files (a previous run?); pass --overwrite to replace it "
                             f"or choose another --out")
+    if problem:
+        raise SettingsError(f"--out {out} {problem}; expected a folder path")
 
 
 def min_tracks_per_genre(split):

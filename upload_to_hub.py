@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from atomic_files import clean_stale_partials, move_into_place, partial_folder, replacing, write_text
+from atomic_files import clean_stale_partials, move_into_place, partial_folder, replacing, unusable_output, write_text
 
 ROOT = Path(__file__).resolve().parent
 EXPORT_KIND = "out"  # exports are built in .out-partial-<name>-<pid>-<random> beside --output-dir
@@ -302,12 +302,11 @@ def export_run(src, run_dir, output_dir, repo_id, overwrite=False):
     A place that cannot hold the export (under a file, unwritable) is one UploadError line.
     """
     output_dir = Path(output_dir)
-    for parent in [output_dir, *output_dir.parents]:
-        if parent.exists() and not parent.is_dir():
-            where = "is a file" if parent == output_dir else f"is under {parent}, which is a file"
-            raise UploadError(f"--output-dir {output_dir} {where}; expected a folder path")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+    problem = unusable_output(output_dir, overwrite)
+    if problem == "not empty":
         raise UploadError(f"output folder {output_dir} is not empty (pass --overwrite to replace it)")
+    if problem:
+        raise UploadError(f"--output-dir {output_dir} {problem}; expected a folder path")
     try:
         clean_stale_partials(output_dir.parent, EXPORT_KIND)
         tmp = partial_folder(output_dir, EXPORT_KIND)
