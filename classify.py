@@ -223,7 +223,8 @@ def complete_song(path: str, feats: np.ndarray, starts) -> SongFeatures:
 
 
 def _forward_kwargs(fn) -> dict:
-    # The model is moving to "forward always takes raw features"; until then the flag must say so.
+    # This project's model always takes raw features. A model exported by an earlier version (its own
+    # remote code) defaulted to already-z-scored input: tell it the features are raw.
     return {"already_normalised": False} if "already_normalised" in inspect.signature(fn).parameters else {}
 
 
