@@ -360,15 +360,22 @@ def architecture_section(config, n_parameters):
     experts = "Kolmogorov-Arnold (KAN) layers" if c.expert_type == "kan" else "MLP layers"
     top_k = ("dense: every expert runs" if c.num_experts_per_tok is None
              else f"sparse: the top {c.num_experts_per_tok} weights kept")
+    frontend = "" if c.frontend == "none" else (
+        f"\n\nEach window's input also holds the {c.frontend_size}-d embedding of the pretrained **musicnn** "
+        "MSD model (Pons & Serra, 2019; the mean of its penultimate layer over the window's 3-s 16-kHz "
+        "log-mel patches), computed by the front end inside this model "
+        f"({'frozen' if c.freeze_frontend else 'fine-tuned'}; its weights are in `model.safetensors`). Weights "
+        "converted from the `musicnn==0.1.0` checkpoint: Copyright (c) Music Technology Group, Universitat "
+        "Pompeu Fabra 2019, ISC licence (`LICENSE-musicnn`).")
     return f"""## Model
 
-A Mixture of Experts over a {c.num_features}-dim audio feature vector: shared encoder
-({c.num_features} -> {c.hidden_size}), {c.num_labels} genre experts ({experts}, {c.num_expert_blocks} residual blocks of
+A Mixture of Experts over a {c.input_size}-dim audio input per window: shared encoder
+({c.input_size} -> {c.hidden_size}), {c.num_labels} genre experts ({experts}, {c.num_expert_blocks} residual blocks of
 width {c.expert_hidden_size}, output {c.expert_output_size}), a gating network with softmax weights
 ({top_k}) and a classifier head on the weighted sum of expert outputs. Expert *i* is trained to be
 genre *i*'s expert by a routing loss (weight {c.routing_weight}) besides cross-entropy (label
 smoothing {c.label_smoothing}), the Switch load-balance term ({c.load_balance_weight}) and the gate
-entropy term ({c.entropy_weight}). {n_parameters:,} parameters.
+entropy term ({c.entropy_weight}). {n_parameters:,} parameters.{frontend}
 
 Genres: {genres}. Features are computed at {c.sampling_rate} Hz on {c.clip_seconds:g}-second windows and
 z-scored inside the model with the training split's mean and standard deviation, stored in `config.json`.
@@ -407,6 +414,9 @@ def files_section(files):
         "modeling.py": "`MusicGenreMoE`: experts, gate, losses, `predict`, `predict_audio`",
         "kan.py": "Kolmogorov-Arnold layer (used when `expert_type=\"kan\"`)",
         "features.py": "audio loading and the 59 features",
+        "frontend.py": "the musicnn front end in PyTorch and its log-mel input",
+        "prototypes.py": "prototype maths of few-shot genres (`add_genre`)",
+        "LICENSE-musicnn": "ISC licence of the musicnn weights",
         "pipeline.py": "feature extractor and audio-classification pipeline",
         "walkthrough.ipynb": "the whole story as a notebook (rendered here, with an Open in Colab button)",
         "metrics.json": "every figure of this run",
