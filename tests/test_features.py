@@ -104,6 +104,42 @@ def test_imports_with_numpy_only():
 # ------------------------------------------------------------------------- against librosa
 
 
+@pytest.mark.parametrize("shape, size", [((431, 417), 31), ((417, 431), 11), ((5, 3), 31), ((1, 4), 3), ((40, 2), 7)])
+def test_median_columns_equals_scipy(shape, size):
+    """The sliding sorted-window median is scipy's, ties and windows longer than the column included."""
+    import scipy.ndimage
+
+    rng = np.random.default_rng(size)
+    for x in (rng.random(shape, dtype=np.float32), np.round(4 * rng.random(shape)).astype(np.float32)):
+        expected = scipy.ndimage.median_filter(x, size=(size, 1), mode="reflect")
+        np.testing.assert_array_equal(F._median_columns(x, size), expected)
+
+
+def test_stft_magnitude_is_librosa_bit_for_bit():
+    import librosa
+
+    y = synth.generate_clip("jazz", np.random.default_rng(3), duration=3.0)
+    np.testing.assert_array_equal(F._stft_magnitude(y, F.N_FFT, F.HOP_LENGTH), np.abs(librosa.stft(y).T))
+
+
+def test_spectral_shape_matches_librosa():
+    import librosa
+
+    y = synth.generate_clip("rock", np.random.default_rng(4), duration=3.0)
+    mag = np.abs(librosa.stft(y))
+    expected = [librosa.feature.spectral_centroid(S=mag, sr=SR).mean(),
+                librosa.feature.spectral_bandwidth(S=mag, sr=SR).mean(),
+                librosa.feature.spectral_rolloff(S=mag, sr=SR).mean()]
+    np.testing.assert_allclose(F._spectral_shape(np.ascontiguousarray(mag.T), SR, F.N_FFT), expected, rtol=1e-7)
+
+
+def test_finite_peak():
+    assert F._finite_peak(np.array([0.1, -0.5], np.float32)) == (True, 0.5)
+    assert F._finite_peak(np.array([0.1, np.nan], np.float32))[0] is False
+    assert F._finite_peak(np.array([-np.inf], np.float32))[0] is False
+    assert F._finite_peak(np.zeros(3)) == (True, 0.0)
+
+
 def test_matches_plain_librosa_on_varied_clips():
     for name, y, sr in varied_clips():
         fast = F.extract_features(y, sr)
