@@ -14,6 +14,12 @@ start):
   on 30 s of 16 kHz audio (the same recording, decoded and resampled beforehand: the reference
   is charged for its network only, which favours it).
 
+Beside the times, the floating-point operations of the two networks are counted
+(``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix products, which are nearly
+all of both): musicnn on the song's patches at each window length, the encoder on the 30 s. The
+count does not depend on the machine or its load, and it bounds what any faster implementation of
+the same computation can reach.
+
 Figures are process CPU seconds (``time.process_time``: what the process spends on its cores, far
 less sensitive to other jobs on a shared machine than wall time; wall seconds are printed beside
 it), the median over ``--repeats`` runs after one warm-up run. The models' weights do not change
@@ -97,6 +103,23 @@ def hubert_reference():
     return HubertModel(cfg).eval()
 
 
+def counted_flops(fn):
+    """Floating-point operations (multiply and add counted apart) of the torch ops in fn()."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def musicnn_flops(model, y):
+    """FLOPs of the musicnn network on the patches `model.predict_audio` gives it for audio `y`."""
+    import frontend
+
+    song = features.extract_song(y, features.SAMPLE_RATE, model.config.clip_seconds)
+    return counted_flops(lambda: frontend.window_embeddings(model.frontend, song.audio, features.SAMPLE_RATE))
+
+
 def timed(fn, repeats):
     """(median CPU s, median wall s, all CPU s) of fn() over `repeats` runs after one warm-up run."""
     fn()
@@ -137,28 +160,35 @@ def main(argv=None):
         rows = {}
         for name, model in paths.items():
             cpu, wall, all_cpu = timed(lambda: model.predict_audio(str(path)), args.repeats)
-            rows[name] = {"cpu_s": cpu, "wall_s": wall, "cpu_runs": all_cpu}
-            print(f"  {name}: {cpu:.3f} CPU s ({wall:.3f} wall s)", flush=True)
+            rows[name] = {"cpu_s": cpu, "wall_s": wall, "cpu_runs": all_cpu,
+                          "network_gflop": musicnn_flops(model, y) / 1e9 if model.frontend is not None else 0.0}
+            print(f"  {name}: {cpu:.3f} CPU s ({wall:.3f} wall s); musicnn network "
+                  f"{rows[name]['network_gflop']:.1f} GFLOP", flush=True)
 
         y16 = features.resample_audio(y, features.SAMPLE_RATE, 16000)[: int(SECONDS * 16000)]
         x16 = torch.from_numpy(np.ascontiguousarray(y16, dtype=np.float32))[None]
         hubert = hubert_reference()
         n_params = sum(p.numel() for p in hubert.parameters())
         ref_cpu, ref_wall, ref_all = timed(lambda: hubert(x16), args.repeats)
+        ref_gflop = counted_flops(lambda: hubert(x16)) / 1e9
         ref_name = f"HubertModel, DistilHuBERT size, random weights ({n_params / 1e6:.1f} M parameters), 30 s at 16 kHz"
-        print(f"  {ref_name}: {ref_cpu:.3f} CPU s ({ref_wall:.3f} wall s)")
+        print(f"  {ref_name}: {ref_cpu:.3f} CPU s ({ref_wall:.3f} wall s); {ref_gflop:.1f} GFLOP")
 
-    print("\n| path | CPU s per 30-s song | wall s | ratio to the encoder |\n| --- | ---: | ---: | ---: |")
+    print("\n| path | CPU s per 30-s song | wall s | ratio to the encoder | network GFLOP | FLOP ratio |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, r in rows.items():
         r["ratio"] = r["cpu_s"] / ref_cpu
-        print(f"| {name} | {r['cpu_s']:.3f} | {r['wall_s']:.3f} | {r['ratio']:.3f} (1/{1 / r['ratio']:.0f}) |")
-    print(f"| {ref_name} | {ref_cpu:.3f} | {ref_wall:.3f} | 1 |")
+        r["flop_ratio"] = r["network_gflop"] / ref_gflop
+        flop_ratio = f"1/{1 / r['flop_ratio']:.1f}" if r["flop_ratio"] else "-"
+        print(f"| {name} | {r['cpu_s']:.3f} | {r['wall_s']:.3f} | {r['ratio']:.3f} (1/{1 / r['ratio']:.1f}) | "
+              f"{r['network_gflop']:.1f} | {flop_ratio} |")
+    print(f"| {ref_name} | {ref_cpu:.3f} | {ref_wall:.3f} | 1 | {ref_gflop:.1f} | 1 |")
     for name, r in rows.items():
         verdict = "met" if r["ratio"] <= 0.1 else "MISSED"
         print(f"target <= 1/10 of the encoder: {verdict} for {name} ({r['ratio']:.3f})")
     if args.json:
         Path(args.json).write_text(json.dumps({"audio": str(path), "repeats": args.repeats, "paths": rows,
-                                               "reference": {"name": ref_name, "cpu_s": ref_cpu, "wall_s": ref_wall,
+                                               "reference": {"name": ref_name, "cpu_s": ref_cpu, "wall_s": ref_wall, "gflop": ref_gflop,
                                                              "cpu_runs": ref_all}}, indent=2))
     return rows
 
