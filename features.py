@@ -34,19 +34,21 @@ clips.
 
 Speed
 -----
-One STFT feeds everything; the mel bands are applied over their few non-zero bins, the tuning
-estimate interpolates only the spectral peaks, the tempo takes one inverse FFT of the
-energy-weighted mean power spectrum instead of one per frame (forward FFT in float32), the
-rolloff searches 32-bin blocks before bins, the zero-crossing rate sums crossings per hop, and
-every spectral array stays frames-major (librosa's STFT memory order). On 30-s GTZAN clips this
-takes 2.3x less time per clip than the previous version (``FEATURE_VERSION`` 1), measured in one
-process side by side; ``benchmarks/bench_features.py`` prints the ratio against plain per-call
-librosa measured in the same run.
+One STFT feeds everything, computed and consumed in cache-sized blocks of frames: a compiled
+(numba) loop takes each block's power, mel bands (over their few non-zero bins), spectral shape,
+tuning peaks and harmonic-ratio pooling while the block is in cache (:func:`_spectral_pass`).
+The tempo takes one inverse FFT of the energy-weighted mean power spectrum instead of one per
+frame, the zero-crossing rate sums crossings per hop, and the harmonic ratio's median filters
+slide a sorted window down every column at once. Every value except the harmonic ratio is what
+librosa computes (the STFT and the tuning bit for bit). ``benchmarks/bench_features.py`` prints
+the speed against plain per-call librosa measured in the same run. numba compiles the loops on
+first use and caches the machine code on disk (about a second, once per environment).
 
 Optional dependencies
 ---------------------
 This file ships in the Hub repo. Only numpy is needed to import it (for :data:`FEATURE_NAMES`
-and friends); librosa, soundfile and scipy are imported inside ``try:`` blocks and the audio
+and friends); librosa, soundfile, scipy and numba (which librosa brings) are imported inside
+``try:`` blocks and the audio
 functions raise :class:`ImportError` with an install hint when they are missing.
 """
 
@@ -500,25 +502,27 @@ def as_mono_waveform(audio, source: str = "array") -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _mel_bands(sr: int, n_fft: int):
-    """librosa's 128-band mel filter bank (the one melspectrogram uses) as (first bin, weights) per
-    band: each band is a triangle over a few contiguous bins, so 128 small products over those
-    bins do ~60x fewer multiplications than the dense (128, n_bins) matrix."""
+    """librosa's 128-band mel filter bank (the one melspectrogram uses) in sparse form: each band
+    is a triangle over a few contiguous bins, and only those weights are kept (~60x fewer
+    multiplications than the dense (128, n_bins) matrix).
+
+    Returns
+    -------
+    first : np.ndarray, shape (128,), int64
+        Each band's first bin.
+    offsets : np.ndarray, shape (129,), int64
+        Band ``m``'s weights are ``weights[offsets[m]:offsets[m + 1]]``, for bins ``first[m]`` on.
+    weights : np.ndarray, float32
+    """
     basis = librosa.filters.mel(sr=sr, n_fft=n_fft)  # (128, 1 + n_fft // 2) float32
-    bands = []
+    first, rows = [], []
     for row in basis:
         nz = np.flatnonzero(row)
         lo, hi = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 0)
-        bands.append((lo, np.ascontiguousarray(row[lo:hi])))
-    return tuple(bands)
-
-
-def _mel_power(spec: np.ndarray, sr: int, n_fft: int) -> np.ndarray:
-    """Mel power spectrogram, shape (n_frames, 128), from a (n_frames, n_bins) power spectrogram."""
-    bands = _mel_bands(sr, n_fft)
-    out = np.empty((spec.shape[0], len(bands)), dtype=np.float32)
-    for m, (lo, weights) in enumerate(bands):
-        out[:, m] = spec[:, lo:lo + len(weights)] @ weights if len(weights) else 0.0
-    return out
+        first.append(lo)
+        rows.append(row[lo:hi])
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    return np.asarray(first, dtype=np.int64), offsets, np.concatenate(rows).astype(np.float32)
 
 
 @lru_cache(maxsize=256)
@@ -556,83 +560,41 @@ def _stft_window(n_fft: int) -> np.ndarray:
     return librosa.filters.get_window("hann", n_fft, fftbins=True)  # float64, as librosa.stft uses it
 
 
-#: Frames per FFT call in :func:`_stft_magnitude`: 64 frames of 2048 float64 samples (1 MB) stay
+#: Frames per FFT call in :func:`_spectral_pass`: 64 frames of 2048 float64 samples (1 MB) stay
 #: in cache; one call over a whole 30-s clip (21 MB) ran 2x slower.
 _STFT_BLOCK = 64
 
 
-def _stft_magnitude(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
-    """``np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop_length)).T``, bit for bit, frames as rows.
-
-    The same arithmetic as librosa (centred zero-padded frames times the float64 Hann window, a
-    float64 FFT rounded to complex64, then the magnitude) written straight into a frames-major
-    array in cache-sized blocks. A float32 FFT would be faster still but lifts the floor of a pure
-    tone's spectrum enough to move its bandwidth by 3%.
-
-    Returns
-    -------
-    np.ndarray, shape (n_frames, 1 + n_fft // 2), float32, C order
-    """
-    frames = _frames(y, n_fft, hop_length, "constant")  # (n_frames, n_fft) strided view
-    window = _stft_window(n_fft)
-    mag = np.empty((frames.shape[0], 1 + n_fft // 2), dtype=np.float32)
-    for start in range(0, frames.shape[0], _STFT_BLOCK):
-        spectrum = scipy.fft.rfft(frames[start:start + _STFT_BLOCK] * window, axis=1, overwrite_x=True)
-        np.abs(spectrum.astype(np.complex64), out=mag[start:start + _STFT_BLOCK])
-    return mag
-
-
 @_jit
-def _spectral_shape_kernel(mag, freqs, fraction):  # pragma: no cover - compiled
-    """Sums over frames of centroid, bandwidth (p=2) and rolloff frequency (see `_spectral_shape`)."""
-    n_frames, n_bins = mag.shape
-    tiny = np.finfo(np.float32).tiny
-    centroid_sum, bandwidth_sum, rolloff_sum = 0.0, 0.0, 0.0
-    for t in range(n_frames):
-        col, m1, m2 = 0.0, 0.0, 0.0
-        total = np.float32(0.0)
-        for b in range(n_bins):
-            v = mag[t, b]
-            total += v                       # float32, in order: librosa's cumsum's last value
-            f = freqs[b]
-            col += v
-            m1 += v * f
-            m2 += v * f * f
-        safe = 1.0 if col < tiny else col    # librosa leaves ~0 frames as they are
-        centroid = m1 / safe
-        centroid_sum += centroid
-        bandwidth_sum += np.sqrt(max((m2 - 2.0 * centroid * m1) / safe + centroid * centroid * (col / safe), 0.0))
-        threshold = np.float32(fraction) * total
-        running = np.float32(0.0)
-        b = 0
-        while b < n_bins - 1:                # first bin whose running float32 sum reaches it
-            running += mag[t, b]
-            if running >= threshold:
-                break
-            b += 1
-        rolloff_sum += freqs[b]
-    return centroid_sum, bandwidth_sum, rolloff_sum
-
-
-def _spectral_shape(mag: np.ndarray, sr: int, n_fft: int, roll_percent: float = 0.85) -> Tuple[float, float, float]:
-    """Means over frames of librosa's spectral centroid, bandwidth (p=2) and rolloff (85%), from
-    the magnitude spectrogram, in one pass per frame (plus the part of a pass rolloff needs).
+def _frame_shape(row, freqs, fraction):  # pragma: no cover - compiled
+    """(centroid, bandwidth (p=2), rolloff frequency) of one magnitude frame, as librosa's
+    spectral_centroid, spectral_bandwidth and spectral_rolloff give them with S=|STFT|.
 
     The moments are accumulated in float64: bandwidth**2 = E[f**2] - centroid**2 cancels heavily
     for pure tones. The rolloff repeats librosa's float32 running sum bin by bin, so it lands on
-    the same bin as ``librosa.feature.spectral_rolloff``.
-
-    Parameters
-    ----------
-    mag : np.ndarray, shape (n_frames, n_bins), float32, non-negative
-
-    Returns
-    -------
-    (centroid, bandwidth, rolloff) : three floats, in Hz
-    """
-    sums = _spectral_shape_kernel(np.ascontiguousarray(mag, dtype=np.float32), _fft_freqs(sr, n_fft),
-                                  float(roll_percent))
-    return tuple(float(v) / mag.shape[0] for v in sums)
+    the same bin."""
+    n_bins = row.shape[0]
+    col, m1, m2 = 0.0, 0.0, 0.0
+    total = np.float32(0.0)
+    for b in range(n_bins):
+        v = row[b]
+        total += v                       # float32, in order: librosa's cumsum's last value
+        f = freqs[b]
+        col += v
+        m1 += v * f
+        m2 += v * f * f
+    safe = 1.0 if col < np.finfo(np.float32).tiny else col  # librosa leaves ~0 frames as they are
+    centroid = m1 / safe
+    bandwidth = np.sqrt(max((m2 - 2.0 * centroid * m1) / safe + centroid * centroid * (col / safe), 0.0))
+    threshold = np.float32(fraction) * total
+    running = np.float32(0.0)
+    b = 0
+    while b < n_bins - 1:                # first bin whose running float32 sum reaches it
+        running += row[b]
+        if running >= threshold:
+            break
+        b += 1
+    return centroid, bandwidth, freqs[b]
 
 
 def _zero_crossing_rate(y: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray:
@@ -781,21 +743,22 @@ def _pool_frequency(energy: np.ndarray, bands=HR_FREQ_BANDS) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
-def _harmonic_ratio(spec: np.ndarray, time_pool: int = HR_TIME_POOL) -> float:
+def _harmonic_ratio(pooled: np.ndarray, time_pool: int = HR_TIME_POOL) -> float:
     """Spectral-domain HPSS harmonic energy ratio; see the module docstring.
 
     Parameters
     ----------
-    spec : np.ndarray, shape (n_frames, n_bins)
-        ``|STFT|**2``, frames as rows.
+    pooled : np.ndarray, shape (n_pooled_frames, n_bins)
+        ``|STFT|**2`` summed over consecutive groups of ``time_pool`` frames (a shorter last
+        group kept), as :func:`_spectral_pass` leaves it.
     time_pool : int
-        Frames summed before filtering; the time kernel shrinks to match (odd).
+        Frames per group; the time kernel shrinks to match (odd).
 
     Returns
     -------
     float in [0, 1]
     """
-    energy = _pool_frequency(_pool_rows(spec, time_pool))  # (n_groups, n_pooled_frames)
+    energy = _pool_frequency(pooled)  # (n_groups, n_pooled_frames)
     k_time = max(1, (_HPSS_KERNEL // time_pool) | 1)  # odd, spanning about the reference's 31 frames
     # The median commutes with the monotone sqrt (it picks one element of an odd window), so the
     # squared medians of the magnitude sqrt(E) that librosa's power-2 soft mask needs are the
@@ -810,38 +773,9 @@ def _harmonic_ratio(spec: np.ndarray, time_pool: int = HR_TIME_POOL) -> float:
     return float(np.sum(energy * mask * mask, dtype=np.float64) / total) if total > 0 else 0.0
 
 
-def _estimate_tuning(spec: np.ndarray, sr: int, n_fft: int) -> float:
-    """``librosa.estimate_tuning(S=power, sr=sr, bins_per_octave=12)``, same arithmetic, on the
-    piptrack search band (150-4000 Hz) only and only at the spectral peaks.
-
-    piptrack keeps bins that are local maxima along frequency of ``S * (S > 0.1 * max(S))``,
-    refines them by parabolic interpolation, and estimate_tuning keeps the peaks at least as
-    strong as their median and histograms their deviation from equal temperament. A bin above
-    the threshold that beats its thresholded neighbours also beats their raw values (a neighbour
-    at or below the threshold is below the bin), so peaks are found on the raw band with three
-    comparisons and the float64 interpolation runs on the peaks alone (~10% of the bins).
-
-    ``spec`` is the power spectrogram with frames as rows, shape (n_frames, n_bins).
-    """
-    freqs = _fft_freqs(sr, n_fft)
-    band = np.flatnonzero((150.0 <= freqs) & (freqs < min(4000.0, sr / 2)))
-    if band.size == 0:
-        return 0.0
-    lo, hi = int(band[0]), int(band[-1])
-    if lo == 0 or hi + 1 >= spec.shape[1]:  # band touches the spectrum edge: defer to librosa
-        return float(librosa.estimate_tuning(S=spec.T, sr=sr, n_fft=n_fft, bins_per_octave=12))
-    x0, xm, xp = spec[:, lo:hi + 1], spec[:, lo - 1:hi], spec[:, lo + 1:hi + 2]
-    ref = 0.1 * np.max(spec, axis=1, keepdims=True)
-    frames, rows = np.nonzero((x0 > ref) & (x0 > xm) & (x0 >= xp))
-    p0, pm, pp = x0[frames, rows], xm[frames, rows], xp[frames, rows]
-    # parabolic interpolation (librosa.core.pitch._pi_stencil: float64 arithmetic)
-    a = (pp + pm).astype(np.float64) - 2 * p0.astype(np.float64)
-    b = (pp - pm).astype(np.float64) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        shift = np.where(np.abs(b) >= np.abs(a), 0.0, -b / a).astype(np.float32)
-    avg = (pp - pm) / 2.0                            # np.gradient at interior bins
-    pitch = (((rows + lo) + shift) * float(sr) / n_fft).astype(np.float32)
-    mags = p0 + 0.5 * avg * shift
+def _tuning_from_peaks(pitch: np.ndarray, mags: np.ndarray) -> float:
+    """estimate_tuning's last step: the peaks at least as strong as their median, histogrammed by
+    their deviation from equal temperament (``librosa.pitch_tuning``, resolution 0.01)."""
     positive = pitch > 0
     threshold = np.median(mags[positive]) if positive.any() else 0.0
     selected = pitch[(mags >= threshold) & positive]
@@ -891,6 +825,113 @@ def _tempo(onset_env: np.ndarray, sr: int, hop_length: int) -> float:
     return float(bpms[np.argmax(np.log1p(1e6 * tempogram) + logprior)])
 
 
+@_jit
+def _frame_pass_kernel(mag, start, spec, mel, mel_first, mel_offsets, mel_weights, freqs, roll_fraction,
+                       tune_lo, tune_hi, sr, n_fft, pooled, time_pool, shape_sums, peak_pitch, peak_mag,
+                       n_peaks):  # pragma: no cover - compiled
+    """Everything per frame, for frames start .. start + len(mag) while they are in cache: see
+    `_spectral_pass`. Peak arithmetic repeats `librosa.core.pitch.piptrack`'s numpy dtypes."""
+    tiny = np.finfo(np.float32).tiny
+    n_bins = mag.shape[1]
+    for i in range(mag.shape[0]):
+        t = start + i
+        row = mag[i]
+        peak_power = np.float32(0.0)
+        for b in range(n_bins):
+            p = row[b] * row[b]
+            if p < tiny:  # float32 denormals make later products ~20x slower; all << 1e-30
+                p = np.float32(0.0)
+            spec[t, b] = p
+            if p > peak_power:
+                peak_power = p
+        for m in range(mel_first.shape[0]):  # 128 triangles, each over its few bins
+            acc = np.float32(0.0)
+            first = mel_first[m] - mel_offsets[m]
+            for k in range(mel_offsets[m], mel_offsets[m + 1]):
+                acc += spec[t, first + k] * mel_weights[k]
+            mel[t, m] = acc
+        centroid, bandwidth, rolloff = _frame_shape(row, freqs, roll_fraction)
+        shape_sums[0] += centroid
+        shape_sums[1] += bandwidth
+        shape_sums[2] += rolloff
+        if tune_lo > 0:  # spectral peaks in the tuning band, refined by parabolic interpolation
+            ref = np.float32(0.1) * peak_power
+            for b in range(tune_lo, tune_hi + 1):
+                x0, xm, xp = spec[t, b], spec[t, b - 1], spec[t, b + 1]
+                if x0 > ref and x0 > xm and x0 >= xp:
+                    a = np.float64(xp + xm) - 2.0 * np.float64(x0)
+                    half_diff = np.float64(xp - xm) / 2.0
+                    shift = np.float32(0.0 if abs(half_diff) >= abs(a) else -half_diff / a)
+                    avg = (xp - xm) / np.float32(2.0)
+                    n = n_peaks[0]
+                    peak_pitch[n] = np.float32((np.float64(b) + np.float64(shift)) * np.float64(sr) / np.float64(n_fft))
+                    peak_mag[n] = x0 + np.float32(0.5) * avg * shift
+                    n_peaks[0] = n + 1
+        g = t // time_pool  # frames summed in groups of time_pool, in order, for the harmonic ratio
+        if t % time_pool == 0:
+            for b in range(n_bins):
+                pooled[g, b] = spec[t, b]
+        else:
+            for b in range(n_bins):
+                pooled[g, b] += spec[t, b]
+
+
+class _SpectralPass(NamedTuple):
+    spec: np.ndarray          #: (n_frames, n_bins) float32 power, denormals flushed to 0
+    mel: np.ndarray           #: (n_frames, 128) float32 mel power
+    shape: Tuple[float, float, float]  #: mean centroid, bandwidth, rolloff (Hz)
+    tuning: float             #: estimated tuning, fractions of a semitone
+    pooled: np.ndarray        #: (ceil(n_frames / HR_TIME_POOL), n_bins) float32 time-pooled power
+
+
+def _spectral_pass(y: np.ndarray, sr: int, n_fft: int, hop_length: int) -> _SpectralPass:
+    """The STFT and every per-frame quantity, in one pass over blocks of frames.
+
+    The STFT is librosa's, bit for bit: centred zero-padded frames times the float64 Hann window,
+    a float64 FFT rounded to complex64, the magnitude in float32. (A float32 FFT would be faster
+    but lifts the floor of a pure tone's spectrum enough to move its bandwidth by 3%.) Each block
+    of :data:`_STFT_BLOCK` frames is transformed and, while it is in cache, one compiled loop
+    takes its power (kept for chroma), mel power, centroid / bandwidth / rolloff
+    (:func:`_frame_shape`), the spectral peaks that ``librosa.estimate_tuning`` histograms, and
+    the harmonic ratio's time pooling. Separate numpy passes over a 30-s clip's 5 MB spectrogram
+    took ~1.5x longer on one core, and more with both cores busy (they share the memory bus).
+
+    Peaks: piptrack keeps bins that are local maxima along frequency of ``S * (S > 0.1 * max(S))``
+    in 150-4000 Hz and refines them by parabolic interpolation. A bin above the threshold that
+    beats its thresholded neighbours also beats their raw values (a neighbour at or below the
+    threshold is below the bin), so three comparisons on the raw power find them, and the
+    interpolation repeats librosa's numpy dtypes (float64 stencil, float32 results).
+    """
+    frames = _frames(y, n_fft, hop_length, "constant")  # (n_frames, n_fft) strided view
+    n_frames, n_bins = frames.shape[0], 1 + n_fft // 2
+    window = _stft_window(n_fft)
+    freqs = _fft_freqs(sr, n_fft)
+    band = np.flatnonzero((150.0 <= freqs) & (freqs < min(4000.0, sr / 2)))
+    tune_lo, tune_hi = (int(band[0]), int(band[-1])) if band.size else (0, 0)
+    in_kernel = band.size > 0 and tune_lo > 0 and tune_hi + 1 < n_bins  # else librosa's own (edge bins)
+    spec = np.empty((n_frames, n_bins), dtype=np.float32)
+    mel = np.empty((n_frames, len(_mel_bands(sr, n_fft)[0])), dtype=np.float32)
+    pooled = np.empty((-(-n_frames // HR_TIME_POOL), n_bins), dtype=np.float32)
+    capacity = n_frames * ((tune_hi - tune_lo) // 2 + 1) if in_kernel else 0
+    peak_pitch, peak_mag = np.empty(capacity, dtype=np.float32), np.empty(capacity, dtype=np.float32)
+    shape_sums, n_peaks = np.zeros(3), np.zeros(1, dtype=np.int64)
+    mag = np.empty((_STFT_BLOCK, n_bins), dtype=np.float32)
+    for start in range(0, n_frames, _STFT_BLOCK):
+        block = frames[start:start + _STFT_BLOCK]
+        spectrum = scipy.fft.rfft(block * window, axis=1, overwrite_x=True)
+        np.abs(spectrum.astype(np.complex64), out=mag[:len(block)])
+        _frame_pass_kernel(mag[:len(block)], start, spec, mel, *_mel_bands(sr, n_fft), freqs, 0.85,
+                           tune_lo if in_kernel else 0, tune_hi, sr, n_fft, pooled, HR_TIME_POOL,
+                           shape_sums, peak_pitch, peak_mag, n_peaks)
+    if in_kernel:
+        tuning = _tuning_from_peaks(peak_pitch[:n_peaks[0]], peak_mag[:n_peaks[0]])
+    elif band.size:
+        tuning = float(librosa.estimate_tuning(S=spec.T, sr=sr, n_fft=n_fft, bins_per_octave=12))
+    else:
+        tuning = 0.0
+    return _SpectralPass(spec, mel, tuple(float(v) / n_frames for v in shape_sums), tuning, pooled)
+
+
 def extract_features(y: np.ndarray, sr: int = SAMPLE_RATE, *, n_fft: int = N_FFT,
                      hop_length: int = HOP_LENGTH) -> np.ndarray:
     """The 59-dim feature vector of one mono clip, from a single STFT.
@@ -918,26 +959,22 @@ def extract_features(y: np.ndarray, sr: int = SAMPLE_RATE, *, n_fft: int = N_FFT
     _require_audio_deps("extract_features")
     y = _check_signal(y, sr, "array")
 
-    # Every spectral array is (n_frames, n_bins) in C order, frames as rows: no step pays for a
-    # transpose and the per-frame reductions run along contiguous rows.
-    mag = _stft_magnitude(y, n_fft, hop_length)  # (T, n_bins) float32
-    spec = mag * mag  # power, as librosa's np.abs(stft) ** 2
-    # Squares of tiny magnitudes are float32 denormals, which make every later matmul and
-    # reduction ~20x slower; zeroing them changes nothing measurable (all << 1e-30).
-    spec[spec < np.finfo(np.float32).tiny] = 0.0
+    # One pass over the STFT's frames gives the power spectrogram (frames as rows, C order: the
+    # per-frame reductions run along contiguous rows), mel power, spectral shape, tuning and the
+    # harmonic ratio's pooled power; see _spectral_pass.
+    spectral = _spectral_pass(y, sr, n_fft, hop_length)
 
     # MFCC: 128-band mel power -> dB -> DCT-II (librosa.feature.mfcc with its defaults)
-    mel_db = librosa.power_to_db(_mel_power(spec, sr, n_fft))  # (T, 128)
+    mel_db = librosa.power_to_db(spectral.mel)  # (T, 128)
     mfcc = scipy.fft.dct(mel_db, axis=1, type=2, norm="ortho")[:, :N_MFCC]
 
     # Chroma from the same power spectrogram (librosa.feature.chroma_stft(S=power))
-    tuning = _estimate_tuning(spec, sr, n_fft)
-    chroma = spec @ _chroma_basis(sr, n_fft, tuning).T  # (T, 12)
+    chroma = spectral.spec @ _chroma_basis(sr, n_fft, spectral.tuning).T  # (T, 12)
     chroma /= np.where(chroma.max(axis=1, keepdims=True) < np.finfo(np.float32).tiny, np.float32(1.0),
                        chroma.max(axis=1, keepdims=True))  # librosa.util.normalize(norm=inf): per frame
 
     # Centroid / bandwidth (p=2) / rolloff (85%) on the magnitude, as librosa with S=|STFT|.
-    centroid, bandwidth, rolloff = _spectral_shape(mag, sr, n_fft, 0.85)
+    centroid, bandwidth, rolloff = spectral.shape
 
     zcr = _zero_crossing_rate(y, n_fft, hop_length)
     frames = _frames(y, n_fft, hop_length, "constant")
@@ -951,7 +988,7 @@ def extract_features(y: np.ndarray, sr: int = SAMPLE_RATE, *, n_fft: int = N_FFT
 
     out = np.concatenate([
         mfcc.mean(axis=0), mfcc.std(axis=0), chroma.mean(axis=0),
-        [centroid, bandwidth, rolloff, zcr.mean(), rms.mean(), tempo, _harmonic_ratio(spec)],
+        [centroid, bandwidth, rolloff, zcr.mean(), rms.mean(), tempo, _harmonic_ratio(spectral.pooled)],
     ])
     return out.astype(np.float32)
 

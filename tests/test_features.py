@@ -115,22 +115,28 @@ def test_median_columns_equals_scipy(shape, size):
         np.testing.assert_array_equal(F._median_columns(x, size), expected)
 
 
-def test_stft_magnitude_is_librosa_bit_for_bit():
+@pytest.mark.parametrize("genre", ["jazz", "rock", "classical"])
+def test_spectral_pass_is_librosa(genre):
+    """One pass over the frames: the power spectrogram and the tuning bit for bit, mel power and
+    the spectral shape to rounding, the pooled power exactly as the harmonic ratio sums it."""
     import librosa
 
-    y = synth.generate_clip("jazz", np.random.default_rng(3), duration=3.0)
-    np.testing.assert_array_equal(F._stft_magnitude(y, F.N_FFT, F.HOP_LENGTH), np.abs(librosa.stft(y).T))
-
-
-def test_spectral_shape_matches_librosa():
-    import librosa
-
-    y = synth.generate_clip("rock", np.random.default_rng(4), duration=3.0)
-    mag = np.abs(librosa.stft(y))
+    y = synth.generate_clip(genre, np.random.default_rng(3), duration=3.0)
+    got = F._spectral_pass(y, SR, F.N_FFT, F.HOP_LENGTH)
+    mag = np.abs(librosa.stft(y))                      # (n_bins, n_frames)
+    power = (mag * mag).T
+    power[power < np.finfo(np.float32).tiny] = 0.0     # the pass flushes float32 denormals
+    np.testing.assert_array_equal(got.spec, power)
+    assert got.tuning == librosa.estimate_tuning(S=mag**2, sr=SR, n_fft=F.N_FFT, bins_per_octave=12)
+    np.testing.assert_allclose(got.mel, power @ librosa.filters.mel(sr=SR, n_fft=F.N_FFT).T, rtol=1e-5,
+                               atol=1e-6 * got.mel.max())
     expected = [librosa.feature.spectral_centroid(S=mag, sr=SR).mean(),
                 librosa.feature.spectral_bandwidth(S=mag, sr=SR).mean(),
                 librosa.feature.spectral_rolloff(S=mag, sr=SR).mean()]
-    np.testing.assert_allclose(F._spectral_shape(np.ascontiguousarray(mag.T), SR, F.N_FFT), expected, rtol=1e-7)
+    np.testing.assert_allclose(got.shape, expected, rtol=1e-7)
+    n_full = len(power) // F.HR_TIME_POOL * F.HR_TIME_POOL
+    pooled = sum(power[k:n_full:F.HR_TIME_POOL] for k in range(F.HR_TIME_POOL))
+    np.testing.assert_array_equal(got.pooled[:len(pooled)], pooled)
 
 
 def test_finite_peak():
