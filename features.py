@@ -173,9 +173,15 @@ def _require_audio_deps(what: str) -> None:
 
 def _jit(kernel):
     """Compile a loop kernel with numba, its machine code cached on disk (beside this file, or in
-    the user's cache where that is read-only): a fresh environment pays about a second, once.
-    numba comes with librosa; without it a kernel would run as (slow) plain Python."""
-    return numba.njit(cache=True, nogil=True)(kernel) if numba is not None else kernel
+    the user's cache where that is read-only): a fresh environment pays a few seconds, once.
+    Where no cache location is writable it compiles once per process instead. numba comes with
+    librosa; without it a kernel would run as (slow) plain Python."""
+    if numba is None:
+        return kernel
+    try:
+        return numba.njit(cache=True, nogil=True)(kernel)
+    except RuntimeError:  # "cannot cache function ...: no locator available" (read-only everywhere)
+        return numba.njit(nogil=True)(kernel)
 
 
 @_jit

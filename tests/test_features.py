@@ -139,6 +139,18 @@ def test_spectral_pass_is_librosa(genre):
     np.testing.assert_array_equal(got.pooled[:len(pooled)], pooled)
 
 
+def test_kernels_compile_without_a_writable_cache(monkeypatch):
+    """A read-only install with a read-only home still computes features (numba compiles per process)."""
+    import numba
+
+    def no_locator(self):
+        raise RuntimeError("cannot cache function: no locator available for file")
+
+    monkeypatch.setattr(numba.core.dispatcher.Dispatcher, "enable_caching", no_locator)
+    kernel = F._jit(F._finite_peak_kernel.py_func)
+    assert kernel(np.array([0.25, -0.5], np.float32)) == (True, 0.5)
+
+
 def test_finite_peak():
     assert F._finite_peak(np.array([0.1, -0.5], np.float32)) == (True, 0.5)
     assert F._finite_peak(np.array([0.1, np.nan], np.float32))[0] is False
