@@ -12,12 +12,16 @@ from transformers import PretrainedConfig
 try:
     from .features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE
     from .frontend import EMBEDDING_SIZE
+    from .prototypes import PROTOTYPE_METRICS
 except ImportError:  # running from a checkout, not as a Hub dynamic module
     from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE
     from frontend import EMBEDDING_SIZE
+    from prototypes import PROTOTYPE_METRICS
 
 #: Where few-shot prototypes can live (see the `prototype_space` argument).
-PROTOTYPE_SPACES = ("features", "frontend", "embedding")
+PROTOTYPE_SPACES = ("features", "frontend", "frontend_raw", "embedding")
+#: How a query is compared with the prototypes (see `prototype_metric`): PROTOTYPE_METRICS,
+#: ("euclidean", "cosine"), imported above from prototypes.py, which holds the maths they name.
 #: Front ends the model knows -> width of their per-window embedding.
 FRONTEND_SIZES = {"none": 0, "musicnn": EMBEDDING_SIZE}
 
@@ -98,16 +102,29 @@ class MusicGenreMoEConfig(PretrainedConfig):
             labelled recordings are far too few to fine-tune a 790k-parameter network.
         prototypes (`dict[str, list[float]]`, *optional*, defaults to `{}`):
             Few-shot genres added with `model.add_genre`: genre name -> mean of the examples'
-            windows in the `prototype_space`.
+            windows in the `prototype_space` (with `prototype_metric="cosine"`, the mean of the
+            windows' L2-normalised vectors).
         prototype_space (`str`, *optional*, defaults to `"features"`):
             Where few-shot prototypes live: `"features"`, the z-scored model input (the 59 features,
             and the front end's embedding when there is one); `"frontend"`, the z-scored front-end
-            embedding alone (needs a front end); or `"embedding"`, the fused expert embedding.
+            embedding alone (needs a front end); `"frontend_raw"`, the front-end embedding as the
+            front end gives it, not z-scored (needs a front end; with `prototype_metric="cosine"` it
+            is the space chosen in benchmarks/fewshot_eval.py's development direction, "musicnn
+            embedding, L2-normalised, cosine", and what train.py uses for musicnn models); or
+            `"embedding"`, the fused expert embedding.
             Without a front end `"features"` names unseen genres far better than `"embedding"`
             (benchmarks/fewshot_eval.py on gtzan-mini-dev, 5-way 5-shot: 0.783 against 0.373 on
             the held-out genres): the routing term shapes the fused embedding into one direction per
             trained genre, which has no room for a new one. Prototypes made in one space are
             meaningless in another.
+        prototype_metric (`str`, *optional*, defaults to `"euclidean"`):
+            How queries are scored against prototypes (`prototypes.prototype_scores`): `"euclidean"`,
+            minus the squared distance divided by the space's width; or `"cosine"`, the cosine
+            similarity times `prototypes.COSINE_SCALE` (10: a softmax over raw cosines in [-1, 1] is
+            nearly flat), with every window L2-normalised before prototypes are averaged. The
+            default keeps configs saved before this argument existed scoring as they did; train.py
+            picks `"cosine"` for musicnn models (README, "Few-shot genres in the musicnn space").
+            Prototypes made with one metric should not be scored with the other.
         id2label / label2id (`dict`, *optional*):
             The trained genres; defaults to `DEFAULT_GENRES`.
     """
@@ -143,6 +160,7 @@ class MusicGenreMoEConfig(PretrainedConfig):
         clip_seconds=CLIP_SECONDS,
         prototypes=None,
         prototype_space="features",
+        prototype_metric="euclidean",
         frontend="none",
         freeze_frontend=True,
         **kwargs,
@@ -181,6 +199,7 @@ class MusicGenreMoEConfig(PretrainedConfig):
         self.clip_seconds = float(clip_seconds)
         self.prototypes = {str(k): [float(x) for x in v] for k, v in (prototypes or {}).items()}
         self.prototype_space = prototype_space
+        self.prototype_metric = prototype_metric
         super().__init__(**kwargs)
         self._validate()
 
@@ -188,9 +207,13 @@ class MusicGenreMoEConfig(PretrainedConfig):
         if self.prototype_space not in PROTOTYPE_SPACES:
             raise ValueError(f"prototype_space must be one of {', '.join(map(repr, PROTOTYPE_SPACES))}, "
                              f"got {self.prototype_space!r}")
-        if self.prototype_space == "frontend" and self.frontend == "none":
-            raise ValueError("prototype_space 'frontend' needs a front end (frontend='musicnn'), got frontend='none'")
-        width = {"features": self.input_size, "frontend": self.frontend_size,
+        if self.prototype_space in ("frontend", "frontend_raw") and self.frontend == "none":
+            raise ValueError(f"prototype_space {self.prototype_space!r} needs a front end (frontend='musicnn'), "
+                             "got frontend='none'")
+        if self.prototype_metric not in PROTOTYPE_METRICS:
+            raise ValueError(f"prototype_metric must be one of {', '.join(map(repr, PROTOTYPE_METRICS))}, "
+                             f"got {self.prototype_metric!r}")
+        width = {"features": self.input_size, "frontend": self.frontend_size, "frontend_raw": self.frontend_size,
                  "embedding": self.expert_output_size}[self.prototype_space]
         wrong = {name: len(v) for name, v in self.prototypes.items() if len(v) != width}
         if wrong:  # e.g. prototypes saved in the fused-embedding space by an older version

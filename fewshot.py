@@ -38,9 +38,9 @@ classical; a genre-level cross-validation inside either direction's training gen
 no gain). Kept as a measured candidate, not as the model's default few-shot space.
 
 Prototypes are class means of embeddings; a query goes to the nearest prototype by squared
-Euclidean distance (as `MusicGenreMoE.add_genre`/`predict` do) or by cosine similarity
-(``metric="cosine"``: embeddings L2-normalised first, prototype = mean of the normalised
-support embeddings).
+Euclidean distance or by cosine similarity (``metric="cosine"``: embeddings L2-normalised first,
+prototype = mean of the normalised support embeddings), the maths of `prototypes.py`, which
+`MusicGenreMoE.add_genre`/`predict` use with `config.prototype_metric`.
 """
 
 import math
@@ -50,9 +50,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prototypes import class_prototypes, distance_scores  # the maths the model's add_genre uses too
+from prototypes import COSINE_SCALE, PROTOTYPE_METRICS, class_prototypes, metric_space, prototype_scores  # shared with the model
 
-METRICS = ("euclidean", "cosine")
+METRICS = PROTOTYPE_METRICS
 SHOT_UNITS = ("window", "recording")
 
 
@@ -197,23 +197,15 @@ def weighted_features(z, weights):
 # -- prototypes -------------------------------------------------------------------------------------
 
 
-def _prepare(emb, metric):
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    return F.normalize(emb, dim=-1) if metric == "cosine" else emb
-
-
-def prototype_logits(support_emb, support_labels, query_emb, n_classes, metric="euclidean", scale=10.0):
+def prototype_logits(support_emb, support_labels, query_emb, n_classes, metric="euclidean", scale=COSINE_SCALE):
     """Scores (n_query, n_classes) of queries against the support set's prototypes.
 
-    Euclidean: minus the squared distance. Cosine: `scale` times the cosine similarity to the
-    prototype (the scale only matters for a loss; argmax is unaffected).
+    Exactly what the model does with `config.prototype_metric` (`prototypes.py`): Euclidean, minus
+    the squared distance; cosine, `scale` times the cosine similarity to the mean of the
+    L2-normalised support embeddings (the scale only matters for a loss; argmax is unaffected).
     """
-    s, q = _prepare(support_emb, metric), _prepare(query_emb, metric)
-    protos = class_prototypes(s, support_labels, n_classes)
-    if metric == "cosine":
-        return scale * q @ F.normalize(protos, dim=-1).T
-    return distance_scores(q, protos)
+    s, q = metric_space(support_emb, metric), metric_space(query_emb, metric)
+    return prototype_scores(q, class_prototypes(s, support_labels, n_classes), metric, scale)
 
 
 def prototypical_loss(support_emb, support_labels, query_emb, query_labels, n_classes, metric="euclidean"):
@@ -245,7 +237,7 @@ def batch_prototypical_loss(emb, labels, metric="euclidean"):
     keep = counts[inv] >= 2
     if len(present) < 2 or not bool(keep.any()):
         return emb.sum() * 0.0
-    e = _prepare(emb, metric)
+    e = metric_space(emb, metric)
     sums = torch.zeros(len(present), e.shape[1], dtype=e.dtype, device=e.device).index_add_(0, inv, e)
     rows = torch.arange(len(e), device=e.device)
     n_own = counts[inv]  # (batch,)
@@ -257,7 +249,7 @@ def batch_prototypical_loss(emb, labels, metric="euclidean"):
     else:
         protos = sums.unsqueeze(0).expand(len(e), -1, -1).clone()  # (batch, C, D)
         protos[rows, inv] = protos[rows, inv] - e  # leave the query out of its own prototype
-        logits = 10.0 * torch.einsum("bd,bcd->bc", e, F.normalize(protos, dim=-1))
+        logits = COSINE_SCALE * torch.einsum("bd,bcd->bc", e, F.normalize(protos, dim=-1))
     return F.cross_entropy(logits[keep], inv[keep])
 
 

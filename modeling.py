@@ -30,10 +30,10 @@ except ImportError:  # running from a checkout, not as a Hub dynamic module
 
 try:
     from .kan import KANLinear
-    from .prototypes import class_prototypes, distance_scores
+    from .prototypes import class_prototypes, metric_space, prototype_scores
 except ImportError:
     from kan import KANLinear
-    from prototypes import class_prototypes, distance_scores
+    from prototypes import class_prototypes, metric_space, prototype_scores
 
 try:
     from .features import FEATURE_NAMES, as_mono_waveform
@@ -446,21 +446,30 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
     def fewshot_embed(self, features):
         """(batch, D) vectors in the few-shot space (`config.prototype_space`) of raw inputs, in eval mode.
 
-        The z-scored input (D = input_size), the z-scored front-end embedding (D = 200) or the fused
-        expert embedding (D = expert_output_size). `add_genre`, `set_genre_prototypes` and the
-        prototype scores all use it.
+        The z-scored input (D = input_size), the z-scored front-end embedding (D = 200), the
+        front-end embedding as the front end gives it (`"frontend_raw"`, D = 200) or the fused
+        expert embedding (D = expert_output_size); with `config.prototype_metric="cosine"` each
+        vector is L2-normalised, so a prototype (their mean) is the mean of unit vectors.
+        `add_genre`, `set_genre_prototypes` and the prototype scores all use it.
         """
         self.eval()
         z = self.normalise(features)
         return self._fewshot_space(z, None)
 
     def _fewshot_space(self, z, fused):
-        """z-scored features (B, F) -> few-shot embeddings; `fused` is reused when already computed."""
-        if self.config.prototype_space == "features":
-            return z
-        if self.config.prototype_space == "frontend":
-            return z[:, self.config.num_features:]
-        return fused if fused is not None else self._forward_zscored(z).embedding
+        """z-scored features (B, F) -> few-shot vectors; `fused` is reused when already computed."""
+        c = self.config
+        if c.prototype_space == "features":
+            emb = z
+        elif c.prototype_space in ("frontend", "frontend_raw"):
+            emb = z[:, c.num_features:]
+            if c.prototype_space == "frontend_raw":  # undo the z-score: the embedding as musicnn gives it
+                stats = [torch.tensor(v[c.num_features:], dtype=z.dtype, device=z.device)
+                         for v in (c.feature_mean, c.feature_std)]
+                emb = emb * stats[1] + stats[0]
+        else:
+            emb = fused if fused is not None else self._forward_zscored(z).embedding
+        return metric_space(emb, c.prototype_metric)
 
     @torch.no_grad()
     def predict(self, features):
@@ -584,10 +593,12 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
                 (not z-scored) feature vectors of shape (K, num_features).
 
         The prototype is the mean of the examples' windows in the few-shot space (`fewshot_embed`:
-        the z-scored features by default, see `config.prototype_space`); it is stored in
-        `config.prototypes`, so it survives `save_pretrained` and Hub loading. From then on `predict`
-        adds `prototype_scores` (softmax of negative squared distances to every prototype, the trained
-        genres' included: train.py stores them with `set_genre_prototypes`) and names the nearest genre.
+        the z-scored features by default, see `config.prototype_space`; with
+        `config.prototype_metric="cosine"` the mean of the windows' L2-normalised vectors); it is
+        stored in `config.prototypes`, so it survives `save_pretrained` and Hub loading. From then on
+        `predict` adds `prototype_scores` (a softmax over the scores of `config.prototype_metric` to
+        every prototype, the trained genres' included: train.py stores them with
+        `set_genre_prototypes`, in the same space and metric) and names the nearest genre.
         """
         name = check_genre_name(name)
         if name in self.config.label2id:
@@ -640,15 +651,19 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         return result
 
     def _prototype_scores(self, embedding):
-        """Softmax over negative mean squared distances to every prototype: (names, (batch, P)).
+        """Softmax over the prototype scores (`prototypes.prototype_scores`) to every prototype: (names, (batch, P)).
 
-        The squared distance is divided by the space's width so that the scores do not saturate
-        in the 59-dim feature space (the nearest prototype, the argmax, is unchanged).
+        Euclidean: negative squared distances divided by the space's width, so that the scores do
+        not saturate in the 59-dim feature space. Cosine: `prototypes.COSINE_SCALE` times the cosine
+        similarity. Neither rescaling moves the nearest prototype (the argmax).
         """
         names = list(self.config.prototypes)
         protos = torch.tensor([self.config.prototypes[n] for n in names], dtype=embedding.dtype,
                               device=embedding.device)
-        return names, (distance_scores(embedding, protos) / embedding.shape[-1]).softmax(-1)
+        scores = prototype_scores(embedding, protos, self.config.prototype_metric)
+        if self.config.prototype_metric == "euclidean":
+            scores = scores / embedding.shape[-1]
+        return names, scores.softmax(-1)
 
 
 # ----------------------------------------------------------------------------------------------
