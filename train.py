@@ -34,7 +34,7 @@ import plots
 import upload_to_hub
 from atomic_files import (clean_stale_partials, move_into_place, partial_folder, replacing, write_json,
                           unusable_output, write_text)
-from configuration import MusicGenreMoEConfig
+from configuration import PROTOTYPE_METRICS, PROTOTYPE_SPACES, MusicGenreMoEConfig
 from batch_features import extract_many
 from features import FEATURE_GROUPS, FEATURE_NAMES, N_FEATURES, SAMPLE_RATE, load_audio
 from fewshot import batch_prototypical_loss
@@ -106,6 +106,13 @@ class TrainSettings:
 # 0.80), and 6-s windows let it hear every 3-s patch of a song. Synthetic clips keep frontend "none":
 # the 59 features already separate them (0.99) at a fifth of the CPU per song.
 REAL_DATA = {"frontend": "musicnn", "clip_seconds": 6.0}
+# The few-shot space and score of a model with this front end (a flag given on the command line wins).
+# musicnn: "musicnn embedding, L2-normalised, cosine", chosen in benchmarks/fewshot_eval.py's
+# development direction (--swap: 0.802 / 0.924 at 1 / 5 shots against 0.751 / 0.889 for the 259
+# z-scored inputs with Euclidean distance, the earlier default; cosine beat Euclidean in every musicnn
+# space there; README, "Few-shot genres in the musicnn space"). Without a front end the config's
+# defaults stay ("features", "euclidean").
+FRONTEND_FEWSHOT = {"musicnn": {"prototype_space": "frontend_raw", "prototype_metric": "cosine"}}
 QUICK = {"n_per_genre": 40, "epochs": 40, "patience": 20, "t_max": 40, "ema_decay": 0.98}  # fewer steps: a shorter average
 
 # Model/loss settings exposed as flags; their defaults come from MusicGenreMoEConfig, their help here.
@@ -129,8 +136,14 @@ MODEL_FLAGS = {
                           "embedding (frontend.py, frozen) to its 59 features; 'none' uses the features alone.",
                      choices=("none", "musicnn")),
     "prototype_space": dict(help="Where add_genre prototypes live: 'features' (the z-scored model input), "
-                                 "'frontend' (the z-scored musicnn embedding; needs --frontend musicnn) or "
-                                 "'embedding' (the fused expert output).", choices=("features", "frontend", "embedding")),
+                                 "'frontend' (the z-scored musicnn embedding; needs --frontend musicnn), "
+                                 "'frontend_raw' (the musicnn embedding not z-scored; needs --frontend musicnn) or "
+                                 "'embedding' (the fused expert output); with --frontend musicnn the default is "
+                                 "'frontend_raw'.", choices=PROTOTYPE_SPACES),
+    "prototype_metric": dict(help="How add_genre prototypes score a query: 'euclidean' (minus the squared "
+                                  "distance) or 'cosine' (cosine similarity; prototypes are means of "
+                                  "L2-normalised windows); with --frontend musicnn the default is 'cosine'.",
+                             choices=PROTOTYPE_METRICS),
     "encoder_dropout": dict(help="Dropout after the shared encoder.", unit="probability", lo=0, hi=1, hi_open=True),
     "classifier_dropout": dict(help="Dropout in the classifier head.", unit="probability", lo=0, hi=1,
                                hi_open=True),
@@ -170,11 +183,11 @@ def parse_settings(argv=None):
     ns = vars(p.parse_args(argv))
     model = {k: ns.pop(k) for k in MODEL_FLAGS}
     s = TrainSettings(**ns, model=model)
+    given = {arg.split("=")[0] for arg in (sys.argv[1:] if argv is None else argv) if arg.startswith("--")}
+    defaults_for = lambda table: {k: v for k, v in table.items() if "--" + k.replace("_", "-") not in given}  # noqa: E731
     if s.data_dir:  # real recordings: the evidence-based defaults, unless the flag was given
-        given = {arg.split("=")[0] for arg in (sys.argv[1:] if argv is None else argv) if arg.startswith("--")}
-        for k, v in REAL_DATA.items():
-            if "--" + k.replace("_", "-") not in given:
-                s.model[k] = v
+        s.model |= defaults_for(REAL_DATA)
+    s.model |= defaults_for(FRONTEND_FEWSHOT.get(s.model["frontend"], {}))  # the front end's few-shot space
     if s.quick:  # quick mode lowers only what the user left at its default
         for k, v in QUICK.items():
             if getattr(s, k) == getattr(defaults, k):
