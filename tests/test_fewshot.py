@@ -303,13 +303,134 @@ def test_prototype_space_is_used_by_add_genre_and_survives_save(space, tmp_path)
 
 
 def test_unknown_prototype_space_is_an_error():
-    with pytest.raises(ValueError, match="prototype_space must be one of 'features', 'frontend', 'embedding', got 'raw'"):
+    with pytest.raises(ValueError, match="prototype_space must be one of 'features', 'frontend', 'frontend_raw', "
+                                         "'embedding', got 'raw'"):
         MusicGenreMoEConfig(**TINY, prototype_space="raw")
 
 
 def test_prototypes_of_the_wrong_width_for_their_space_are_an_error():
     with pytest.raises(ValueError, match=r"prototype_space 'features' must have 59 values, got \{'surf': 32\}"):
         MusicGenreMoEConfig(**TINY, prototypes={"surf": [0.0] * 32})
+
+
+# -- the prototype metric (config.prototype_metric, prototypes.py) --------------------------------
+
+
+def test_prototype_scores_known_answers():
+    from prototypes import COSINE_SCALE, prototype_scores
+
+    q = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    protos = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    torch.testing.assert_close(prototype_scores(q, protos), -torch.tensor([[4.0, 1.0], [13.0, 2.0]]))
+    torch.testing.assert_close(prototype_scores(q, protos, "euclidean"), -torch.tensor([[4.0, 1.0], [13.0, 2.0]]))
+    r = 2 ** -0.5  # cos 45 degrees; lengths do not matter
+    torch.testing.assert_close(prototype_scores(q, protos, "cosine"), COSINE_SCALE * torch.tensor([[1.0, r], [0.0, r]]))
+    torch.testing.assert_close(prototype_scores(q, protos, "cosine", scale=1.0), torch.tensor([[1.0, r], [0.0, r]]))
+    assert COSINE_SCALE == 10.0  # the value fewshot.py's prototypical loss has always used
+
+
+def test_cosine_prototype_is_the_mean_of_unit_vectors():
+    from prototypes import class_prototypes, metric_space
+
+    emb = torch.tensor([[3.0, 4.0], [0.0, 2.0], [-5.0, 0.0]])
+    protos = class_prototypes(metric_space(emb, "cosine"), [0, 0, 1], 2)
+    torch.testing.assert_close(protos, torch.tensor([[0.3, 0.9], [-1.0, 0.0]]))
+    torch.testing.assert_close(metric_space(emb, "euclidean"), emb)
+
+
+def test_unknown_metric_is_an_error_naming_expected_and_received():
+    from prototypes import prototype_scores
+
+    with pytest.raises(ValueError, match="metric must be one of 'euclidean', 'cosine', got 'manhattan'"):
+        prototype_scores(torch.zeros(1, 2), torch.zeros(1, 2), "manhattan")
+    with pytest.raises(ValueError, match="prototype_metric must be one of 'euclidean', 'cosine', got 'manhattan'"):
+        MusicGenreMoEConfig(**TINY, prototype_metric="manhattan")
+    with pytest.raises(ValueError, match="prototype_space 'frontend_raw' needs a front end"):
+        MusicGenreMoEConfig(**TINY, prototype_space="frontend_raw")
+
+
+def test_config_without_prototype_metric_loads_as_euclidean(tmp_path):
+    """Configs saved before prototype_metric existed keep scoring by Euclidean distance."""
+    import json
+
+    config = MusicGenreMoEConfig(**TINY, prototype_metric="cosine")
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["prototype_metric"] == "cosine"
+    del saved["prototype_metric"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert MusicGenreMoEConfig.from_pretrained(tmp_path).prototype_metric == "euclidean"
+    assert MusicGenreMoEConfig().prototype_metric == "euclidean"
+
+
+def test_cosine_add_genre_survives_save_pretrained_and_from_pretrained(tmp_path):
+    from prototypes import COSINE_SCALE
+
+    rng = np.random.default_rng(6)
+    raw = rng.normal(2.0, 3.0, size=(40, 59)).astype(np.float32)
+    mean, std = raw.mean(0), raw.std(0)
+    torch.manual_seed(0)
+    model = MusicGenreMoE(MusicGenreMoEConfig(**TINY, feature_mean=mean, feature_std=std,
+                                              prototype_metric="cosine")).eval()
+    z = F.normalize(torch.from_numpy((raw - mean) / std), dim=1)  # "features" space, L2-normalised
+    torch.testing.assert_close(model.fewshot_embed(raw), z, rtol=1e-4, atol=1e-5)
+    model.set_genre_prototypes(torch.from_numpy(raw), np.arange(40) % 5)
+    proto = model.add_genre("new", raw[:3])
+    np.testing.assert_allclose(proto, z[:3].mean(0).numpy(), rtol=1e-4, atol=1e-5)  # mean of unit vectors
+    np.testing.assert_allclose(model.config.prototypes["jazz"], z[0::5].mean(0).numpy(), rtol=1e-4, atol=1e-5)
+    r = model.predict(raw[0])
+    names = list(model.config.prototypes)
+    protos = torch.tensor([model.config.prototypes[n] for n in names])
+    expected = (COSINE_SCALE * z[:1] @ F.normalize(protos, dim=1).T).softmax(-1)[0]
+    assert r["prototype_scores"] == pytest.approx(dict(zip(names, expected.tolist())), abs=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = MusicGenreMoE.from_pretrained(tmp_path).eval()
+    assert loaded.config.prototype_metric == "cosine" and loaded.config.prototypes == model.config.prototypes
+    for ra, rb in zip(model.predict(raw[:4]), loaded.predict(raw[:4])):
+        assert ra["predicted_genre"] == rb["predicted_genre"]
+        assert ra["prototype_scores"] == pytest.approx(rb["prototype_scores"], abs=1e-6)
+
+
+def test_frontend_raw_space_is_the_embedding_not_z_scored(tmp_path):
+    """prototype_space "frontend_raw" + cosine: the development choice ("musicnn l2" in fewshot_eval)."""
+    rng = np.random.default_rng(7)
+    raw = np.abs(rng.normal(1.0, 2.0, size=(20, 259))).astype(np.float32)
+    raw[:, 59:109] += 4 * np.repeat(np.eye(5, dtype=np.float32), 10, axis=1)[np.arange(20) % 5]
+    mean, std = raw.mean(0), raw.std(0)
+    torch.manual_seed(0)
+    config = MusicGenreMoEConfig(**TINY, frontend="musicnn", feature_mean=mean, feature_std=std,
+                                 prototype_space="frontend_raw", prototype_metric="cosine")
+    model = MusicGenreMoE(config).eval()
+    expected = F.normalize(torch.from_numpy(raw[:, 59:]), dim=1)
+    torch.testing.assert_close(model.fewshot_embed(raw), expected, rtol=1e-4, atol=1e-5)
+    model.set_genre_prototypes(torch.from_numpy(raw[5:]), np.arange(5, 20) % 5)
+    proto = model.add_genre("new", raw[:2])
+    assert len(proto) == 200
+    np.testing.assert_allclose(proto, expected[:2].mean(0).numpy(), rtol=1e-4, atol=1e-5)
+    nearest = [max(r["prototype_scores"], key=r["prototype_scores"].get) for r in model.predict(raw[:5])]
+    assert nearest == ["new", "new", "rock", "pop", "classical"]  # the embedding units that mark each class
+    model.save_pretrained(tmp_path)
+    loaded = MusicGenreMoE.from_pretrained(tmp_path).eval()
+    assert (loaded.config.prototype_space, loaded.config.prototype_metric) == ("frontend_raw", "cosine")
+    assert loaded.predict(raw[0])["prototype_scores"] == pytest.approx(model.predict(raw[0])["prototype_scores"],
+                                                                        abs=1e-6)
+
+
+def test_train_flag_and_front_end_defaults_for_the_prototype_metric():
+    s = train.parse_settings([])
+    assert (s.model["prototype_space"], s.model["prototype_metric"]) == ("features", "euclidean")
+    s = train.parse_settings(["--frontend", "musicnn"])
+    assert (s.model["prototype_space"], s.model["prototype_metric"]) == ("frontend_raw", "cosine")
+    s = train.parse_settings(["--data-dir", "x"])  # real data: musicnn (train.REAL_DATA), so its few-shot space
+    assert (s.model["frontend"], s.model["prototype_metric"]) == ("musicnn", "cosine")
+    s = train.parse_settings(["--data-dir", "x", "--frontend", "none"])
+    assert (s.model["prototype_space"], s.model["prototype_metric"]) == ("features", "euclidean")
+    s = train.parse_settings(["--frontend", "musicnn", "--prototype-metric", "euclidean",
+                              "--prototype-space", "features"])  # given flags win
+    assert (s.model["prototype_space"], s.model["prototype_metric"]) == ("features", "euclidean")
+    assert train.parse_settings(["--prototype-metric", "cosine"]).model["prototype_metric"] == "cosine"
+    with pytest.raises(SystemExit):
+        train.parse_settings(["--prototype-metric", "manhattan"])
 
 
 # -- benchmarks/fewshot_eval.py (musicnn spaces, paired differences) and benchmarks/conv_kan.py ----------
@@ -353,6 +474,15 @@ def test_fewshot_eval_musicnn_spaces_and_paired_differences():
     # recording shots: whole recordings in the prototype
     ep = fe.draw_episodes(labels, tracks, 5, 2, 3, 1, "recording")[0]
     assert len(ep.support) == 5 * 2 * 6
+    # the model's own path (train.build_model + add_genre + its prototype scores), train.py's musicnn
+    # default, scores exactly as the "musicnn l2" row
+    model = fe.model_path_model(x, ["a", "b", "c", "d", "e"], "musicnn")
+    assert (model.config.prototype_space, model.config.prototype_metric) == ("frontend_raw", "cosine")
+    scored = fe.score_methods({"model": ("model", model, torch.from_numpy(x)), "l2": methods[fe.MUSICNN_PRIMARY]},
+                              z_te.numpy(), episodes, tracks, log=lambda *_: None)
+    np.testing.assert_array_equal(scored["model"][0], scored["l2"][0])
+    assert fe.parse_args(["d", "--frontend", "musicnn"]).model_path == "default"
+    assert fe.parse_args(["d"]).model_path == "" and fe.parse_args(["d"]).clip_seconds == 5.0
 
 
 def test_kan_conv_is_a_kan_layer_on_unfolded_neighbourhoods():
