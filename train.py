@@ -136,10 +136,9 @@ MODEL_FLAGS = {
                           "embedding (frontend.py, frozen) to its 59 features; 'none' uses the features alone.",
                      choices=("none", "musicnn")),
     "prototype_space": dict(help="Where add_genre prototypes live: 'features' (the z-scored model input), "
-                                 "'frontend' (the z-scored musicnn embedding; needs --frontend musicnn), "
-                                 "'frontend_raw' (the musicnn embedding not z-scored; needs --frontend musicnn) or "
-                                 "'embedding' (the fused expert output); with --frontend musicnn the default is "
-                                 "'frontend_raw'.", choices=PROTOTYPE_SPACES),
+                                 "'frontend' or 'frontend_raw' (the musicnn embedding, z-scored or as it is; "
+                                 "need --frontend musicnn) or 'embedding' (the fused expert output); "
+                                 "--frontend musicnn defaults to 'frontend_raw'.", choices=PROTOTYPE_SPACES),
     "prototype_metric": dict(help="How add_genre prototypes score a query: 'euclidean' (minus the squared "
                                   "distance) or 'cosine' (cosine similarity; prototypes are means of "
                                   "L2-normalised windows); with --frontend musicnn the default is 'cosine'.",
