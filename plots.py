@@ -104,9 +104,12 @@ def expert_gates(gate_mat, self_act, genres, path):
     axes[1].bar(genres, vals, color=[GENRE_COLOURS(i) for i in range(len(genres))])
     axes[1].axhline(1 / len(genres), color="grey", ls="--", lw=1, label="uniform routing")
     for i, v in enumerate(vals):
-        axes[1].text(i, v + 0.02, f"{v:.2f}", ha="center")
-    axes[1].set(ylim=(0, 1.1), title="Self-activation: own expert's weight on own genre")
-    axes[1].legend()
+        axes[1].text(i, v + 0.02, f"{v:.2f}", ha="center", fontsize=9 if len(genres) <= 5 else 8)
+    # Headroom above the bars' labels for the legend, which would otherwise cover the first bars'.
+    axes[1].set(ylim=(0, 1.25), title="Self-activation: own expert's weight on own genre")
+    axes[1].set_yticks(np.linspace(0, 1, 6))  # a weight is at most 1: no tick in the headroom
+    axes[1].legend(loc="upper right", fontsize=8)
+    plt.setp(axes[1].get_xticklabels(), rotation=45, ha="right")  # ten genre names overlap level
     return _save(fig, path)
 
 
@@ -135,12 +138,21 @@ def roc_curves(labels, probs, genres, path):
     return _save(fig, path)
 
 
+#: Polar plots per row in radar_charts.png.
+RADAR_COLUMNS = 5
+
+
 def radar_charts(gate_mat, genres, path):
     """Gate weights as routing profiles: one polar plot per genre, the mean gate weight its test clips
     give each expert (the rows of expert_gates.png's heat map, drawn so that the shapes compare)."""
     angles = np.linspace(0, 2 * np.pi, gate_mat.shape[1], endpoint=False).tolist()
-    fig, axes = plt.subplots(1, len(genres), figsize=(3.2 * len(genres), 4.0), subplot_kw={"polar": True})
-    for i, (g, ax) in enumerate(zip(genres, np.atleast_1d(axes))):
+    n_cols = min(len(genres), RADAR_COLUMNS)  # ten genres in one row were too small to read
+    n_rows = -(-len(genres) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 4.0 * n_rows), subplot_kw={"polar": True},
+                             squeeze=False)
+    for ax in axes.flat[len(genres):]:
+        ax.set_visible(False)
+    for i, (g, ax) in enumerate(zip(genres, axes.flat)):
         vals = gate_mat[i].tolist()
         ax.plot(angles + angles[:1], vals + vals[:1], color=GENRE_COLOURS(i % 10))
         ax.fill(angles + angles[:1], vals + vals[:1], color=GENRE_COLOURS(i % 10), alpha=0.3)
