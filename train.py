@@ -887,7 +887,10 @@ def write_figures(out, model, data, inputs, history, best_epoch, metrics, test, 
     gm = evaluation.gate_matrix(y, gates, len(genres))
     plots.genre_spectrograms(data.examples, SAMPLE_RATE, out / "genre_spectrograms.png")
     plots.training_curves(history, best_epoch, out / "training_curves.png", ema_decay=s.ema_decay)
-    plots.confusion_matrix(metrics["confusion_matrix"], genres, out / "confusion_matrix.png")
+    t = metrics.get("track_level")  # the matrix counts windows; say so where they are not whole clips
+    unit = (f"{metrics['test_n']} windows of {t['n_tracks']} recordings" if t else f"{metrics['test_n']} clips")
+    plots.confusion_matrix(metrics["confusion_matrix"], genres, out / "confusion_matrix.png",
+                           title=f"Test confusion matrix ({unit})")
     plots.expert_gates(gm, metrics["self_activation"], genres, out / "expert_gates.png")
     plots.roc_curves(y, probs, genres, out / "roc_curves.png")
     plots.radar_charts(gm, genres, out / "radar_charts.png")
