@@ -404,6 +404,17 @@ def list_recordings(data_dirs, genres=None):
     return paths, np.asarray(labels), genres
 
 
+def window_rows(result, labels):
+    """An extraction's windows as rows, one track per readable recording (numbered in `result.ok` order).
+
+    `labels` holds the genre index of every source given to `extract_many`. Returns (features
+    (n_windows, width) float32, genre index per row, track index per row).
+    """
+    counts = [len(f) for f in result.features]
+    rows_label = np.repeat(np.asarray(labels)[np.asarray(result.ok, dtype=int)], counts)
+    return np.concatenate(result.features).astype(np.float32), rows_label, np.repeat(np.arange(len(counts)), counts)
+
+
 def data_roots(data):
     """The data folders a Dataset of recordings came from (its `source`, os.pathsep-joined)."""
     return [Path(p) for p in data.source.split(os.pathsep)]
@@ -426,19 +437,14 @@ def load_folder(s, listed=None):
         check_genres(genres, readable, s, f"--data-dir {', '.join(s.data_dir)} (readable recordings)")
     except SettingsError as e:
         raise SettingsError(f"{e}; skipped: {result.failures[:3]}") from None
-    feats, rows_label, rows_track, names = [], [], [], []
-    for t, (idx, f) in enumerate(zip(result.ok, result.features)):
-        feats.append(f)
-        rows_label += [labels[idx]] * len(f)
-        rows_track += [t] * len(f)
-        names.append(str(paths[idx]))
+    feats, rows_label, rows_track = window_rows(result, labels)
+    names = [str(paths[idx]) for idx in result.ok]
     examples = {}
     for i, g in enumerate(genres):
         first = next((paths[k] for k in result.ok if labels[k] == i), None)
         if first is not None:
             examples[g] = load_audio(first, sr=SAMPLE_RATE)[: int(clip_seconds * SAMPLE_RATE)]
-    return Dataset(np.concatenate(feats).astype(np.float32), np.asarray(rows_label), np.asarray(rows_track),
-                   names, genres, os.pathsep.join(str(Path(d).expanduser()) for d in s.data_dir),
+    return Dataset(feats, rows_label, rows_track, names, genres, os.pathsep.join(str(Path(d).expanduser()) for d in s.data_dir),
                    list(result.failures), examples)
 
 

@@ -56,7 +56,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kan_layer import time_cases  # noqa: E402  (the same interleaved timing loop)
 
 SEED_GENRES = ("jazz", "blues", "rock", "pop", "classical")
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".au")
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "gtzan-mini-dev"
 
 
@@ -167,20 +166,9 @@ def synthetic_accuracy(configs, n_per_genre, epochs, seed=0, log=print):
 
 def load_recordings(data_dir, genres=SEED_GENRES):
     """(features (n_windows, 59), labels, tracks, track_names) of the genres' recordings, 5-s windows."""
-    paths, track_labels = [], []
-    for i, g in enumerate(genres):
-        files = sorted(f for f in (Path(data_dir) / g).iterdir()
-                       if f.suffix.lower() in AUDIO_EXTENSIONS and not f.name.startswith("."))
-        paths += files
-        track_labels += [i] * len(files)
+    paths, track_labels, _ = train.list_recordings([data_dir], ",".join(genres))
     result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, progress=False)
-    feats, labels, tracks = [], [], []
-    for t, (k, f) in enumerate(zip(result.ok, result.features)):
-        feats.append(f)
-        labels += [track_labels[k]] * len(f)
-        tracks += [t] * len(f)
-    names = [str(paths[k]) for k in result.ok]
-    return np.concatenate(feats).astype(np.float32), np.asarray(labels), np.asarray(tracks), names
+    return (*train.window_rows(result, track_labels), [str(paths[k]) for k in result.ok])
 
 
 def track_folds(labels, tracks, n_folds, rng):

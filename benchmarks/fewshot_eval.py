@@ -100,7 +100,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fewshot  # noqa: E402
 import train  # noqa: E402
-from ablation_experts import AUDIO_EXTENSIONS, train_fixed_epochs  # noqa: E402
+from ablation_experts import train_fixed_epochs  # noqa: E402
 from batch_features import extract_many  # noqa: E402
 from configuration import MusicGenreMoEConfig  # noqa: E402
 from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE  # noqa: E402
@@ -146,20 +146,6 @@ LAYERS = ("fused", "encoder", "encoder1", "raw+encoder")
 # -- data -------------------------------------------------------------------------------------------
 
 
-def recording_paths(data_dirs, genres):
-    """(paths, genre index per path) of every audio file under <dir>/<genre>/ for each dir (merged by genre)."""
-    paths, labels = [], []
-    for i, g in enumerate(genres):
-        for d in data_dirs:
-            folder = Path(d) / g
-            if folder.is_dir():
-                files = sorted(f for f in folder.iterdir()
-                               if f.suffix.lower() in AUDIO_EXTENSIONS and not f.name.startswith("."))
-                paths += files
-                labels += [i] * len(files)
-    return paths, labels
-
-
 def load_pool(data_dirs, genres, frontend="none", clip_seconds=CLIP_SECONDS):
     """Window rows of the genres' recordings in every folder (cached by `extract_many`).
 
@@ -167,17 +153,11 @@ def load_pool(data_dirs, genres, frontend="none", clip_seconds=CLIP_SECONDS):
     with frontend="musicnn" each row is the 59 features then the window's 200-d musicnn embedding.
     `starts[t]` are the first samples (22,050 Hz) of track t's kept windows.
     """
-    paths, path_labels = recording_paths(data_dirs, genres)
+    paths, path_labels, _ = train.list_recordings(data_dirs, ",".join(genres))  # merged by genre, in this order
     result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=clip_seconds, progress=False,
                           frontend=None if frontend == "none" else frontend)
-    feats, labels, tracks = [], [], []
-    for t, (k, f) in enumerate(zip(result.ok, result.features)):
-        feats.append(f)
-        labels += [path_labels[k]] * len(f)
-        tracks += [t] * len(f)
-    names = [str(paths[k]) for k in result.ok]
-    return (np.concatenate(feats).astype(np.float32), np.asarray(labels), np.asarray(tracks), names,
-            list(result.starts))
+    feats, labels, tracks = train.window_rows(result, path_labels)
+    return feats, labels, tracks, [str(paths[k]) for k in result.ok], list(result.starts)
 
 
 def zscore(x_train, *others):
