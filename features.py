@@ -921,7 +921,8 @@ def _spectral_pass(y: np.ndarray, sr: int, n_fft: int, hop_length: int) -> _Spec
     tune_lo, tune_hi = (int(band[0]), int(band[-1])) if band.size else (0, 0)
     in_kernel = band.size > 0 and tune_lo > 0 and tune_hi + 1 < n_bins  # else librosa's own (edge bins)
     spec = np.empty((n_frames, n_bins), dtype=np.float32)
-    mel = np.empty((n_frames, len(_mel_bands(sr, n_fft)[0])), dtype=np.float32)
+    mel_bands = _mel_bands(sr, n_fft)
+    mel = np.empty((n_frames, len(mel_bands[0])), dtype=np.float32)
     pooled = np.empty((-(-n_frames // HR_TIME_POOL), n_bins), dtype=np.float32)
     capacity = n_frames * ((tune_hi - tune_lo) // 2 + 1) if in_kernel else 0
     peak_pitch, peak_mag = np.empty(capacity, dtype=np.float32), np.empty(capacity, dtype=np.float32)
@@ -931,7 +932,7 @@ def _spectral_pass(y: np.ndarray, sr: int, n_fft: int, hop_length: int) -> _Spec
         block = frames[start:start + _STFT_BLOCK]
         spectrum = scipy.fft.rfft(block * window, axis=1, overwrite_x=True)
         np.abs(spectrum.astype(np.complex64), out=mag[:len(block)])
-        _frame_pass_kernel(mag[:len(block)], start, spec, mel, *_mel_bands(sr, n_fft), freqs, _ROLL_PERCENT,
+        _frame_pass_kernel(mag[:len(block)], start, spec, mel, *mel_bands, freqs, _ROLL_PERCENT,
                            tune_lo if in_kernel else 0, tune_hi, sr, n_fft, pooled, HR_TIME_POOL,
                            shape_sums, peak_pitch, peak_mag, n_peaks)
     if in_kernel:
