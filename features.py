@@ -56,14 +56,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import tempfile
-import threading
 import warnings
-from contextlib import contextmanager
 from functools import lru_cache
-from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Dict, List, NamedTuple, Tuple, Union
 
 import numpy as np
 
@@ -79,6 +74,14 @@ try:
     import scipy.fft
 except ImportError:  # pragma: no cover
     scipy = None
+# Decoding files (and the errors and limits it shares with the checks below) lives in decoding.py;
+# the names stay importable from here.
+try:
+    from .decoding import (MAX_AUDIO_SECONDS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError,  # noqa: F401
+                           _check_output_size, _check_rates, _quiet_decoder, decode_audio)
+except ImportError:
+    from decoding import (MAX_AUDIO_SECONDS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioError,  # noqa: F401
+                          _check_output_size, _check_rates, _quiet_decoder, decode_audio)
 try:  # librosa depends on numba, so it is there whenever the features can be computed at all
     import numba
 except ImportError:  # pragma: no cover
@@ -234,125 +237,14 @@ def _check_signal(y: np.ndarray, sr: int, source: str) -> np.ndarray:
     return y
 
 
-#: Plausible sample rates (Hz) of a file or an array to resample: outside, the header is corrupt.
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
-#: Longest audio a resample may produce (seconds at the target rate): 2 hours, 635 MB of float32
-#: at 22,050 Hz. A bound on the work before allocating, not a limit on songs.
-MAX_AUDIO_SECONDS = 2 * 3600
-
-
-def _check_rates(orig_sr: int, target_sr: int, source: str, where: str = "") -> None:
-    for name, rate in (("sample rate", orig_sr), ("target sample rate", target_sr)):
-        if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-            place = f" {where}" if where and name == "sample rate" else ""
-            raise AudioError(f"{source}: implausible {name} {rate} Hz{place} (expected {MIN_SAMPLE_RATE}-"
-                             f"{MAX_SAMPLE_RATE} Hz)")
-
-
-def _check_output_size(n_samples: int, orig_sr: int, target_sr: int, source: str) -> None:
-    n_out = -(-int(n_samples) * int(target_sr) // int(orig_sr))  # ceil, in exact integers
-    if n_out > MAX_AUDIO_SECONDS * target_sr:
-        raise AudioError(f"{source}: resampling {n_samples} samples from {orig_sr} Hz to {target_sr} Hz would give "
-                         f"{n_out / target_sr / 3600:.1f} h of audio, more than the {MAX_AUDIO_SECONDS / 3600:g} h "
-                         "limit")
-
-
-#: Leading bytes of common non-audio files -> what they are (checked before decoding).
-_NON_AUDIO_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "PNG image"), (b"\xff\xd8\xff", "JPEG image"), (b"GIF87a", "GIF image"),
-    (b"GIF89a", "GIF image"), (b"%PDF", "PDF document"), (b"PK\x03\x04", "ZIP archive"),
-    (b"\x1f\x8b", "gzip archive"), (b"7z\xbc\xaf\x27\x1c", "7-Zip archive"), (b"Rar!", "RAR archive"),
-    (b"\x7fELF", "executable"), (b"BM", "BMP image"), (b"II*\x00", "TIFF image"), (b"MM\x00*", "TIFF image"),
-    (b"<?xml", "XML text"), (b"<!DOCTYPE", "HTML text"), (b"<html", "HTML text"), (b"{\\rtf", "RTF text"),
-)
-#: Leading bytes of audio containers libsndfile reads (MP3: ID3 tag or an MPEG frame sync).
-_AUDIO_MAGIC = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"ID3", b"FORM", b".snd", b"caff", b"wvpk", b"MThd")
-
-
-def _non_audio_kind(head: bytes) -> Optional[str]:
-    for magic, kind in _NON_AUDIO_MAGIC:
-        if head.startswith(magic):
-            return kind
-    if head[4:8] in (b"ftyp",) and head[8:12] not in (b"M4A ", b"M4B ", b"mp42", b"isom"):
-        return "ISO media (video or image) file"
-    return None
-
-
-def _looks_like_audio(head: bytes) -> bool:
-    return head.startswith(_AUDIO_MAGIC) or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
-
-
-def _decode_error(source: str, head: bytes, exc: Exception) -> str:
-    """One line for a file libsndfile refused. Its message for content it cannot identify is
-    "File does not exist or is not a regular file" (for an existing file), so that case is
-    reported by what the content is instead."""
-    detail = str(exc).split(":", 2)[-1].strip() if "Error opening" in str(exc) else str(exc)
-    if not head:
-        return f"{source}: audio is empty (0-byte file)"
-    if not _looks_like_audio(head):
-        shown = head[:8].hex(" ")
-        return f"{source}: not an audio file (unrecognised content, first bytes {shown})"
-    if "does not exist" in detail:
-        detail = "no decodable audio stream"
-    return f"{source}: cannot decode audio ({type(exc).__name__}: {detail})"
-
-
-_STDERR_LOCK = threading.Lock()
-_STDERR_STATE: Dict[str, object] = {"depth": 0, "saved": None, "capture": None}
-#: What libmpg123 and libsndfile print on stderr while probing bad data.
-_DECODER_NOTE_PREFIXES = (b"Note:", b"Warning:", b"[src/", b"[../src", b"Error:")
-
-
-@contextmanager
-def _quiet_decoder():
-    """Keep the decoders' notes ("Note: Illegal Audio-MPEG-Header ...") off stderr.
-
-    libmpg123 writes to file descriptor 2 from C, out of Python's reach, so fd 2 is pointed at a
-    temporary file while files are opened and read (reference-counted: threads decoding at the
-    same time share one redirection); afterwards the captured lines that are not decoder notes
-    (another thread's output) are written back to stderr, so nothing else is lost.
-    """
-    with _STDERR_LOCK:
-        if _STDERR_STATE["depth"] == 0:
-            try:
-                sys.stderr.flush()  # Python's buffered text must land before fd 2 moves
-            except Exception:
-                pass
-            try:
-                saved = os.dup(2)
-            except OSError:  # no stderr at all: nothing to protect
-                saved = None
-            if saved is not None:
-                capture = tempfile.TemporaryFile()
-                os.dup2(capture.fileno(), 2)
-                _STDERR_STATE.update(saved=saved, capture=capture)
-        _STDERR_STATE["depth"] += 1
-    try:
-        yield
-    finally:
-        with _STDERR_LOCK:
-            _STDERR_STATE["depth"] -= 1
-            saved, capture = _STDERR_STATE["saved"], _STDERR_STATE["capture"]
-            if _STDERR_STATE["depth"] == 0 and saved is not None:
-                os.dup2(saved, 2)
-                os.close(saved)
-                _STDERR_STATE.update(saved=None, capture=None)
-                try:
-                    capture.seek(0)
-                    kept = [line for line in capture.read().splitlines(keepends=True)
-                            if not line.lstrip().startswith(_DECODER_NOTE_PREFIXES)]
-                    if kept:
-                        os.write(2, b"".join(kept))
-                finally:
-                    capture.close()
-
-
 def load_audio(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Read an audio file as mono float32 in [-1, 1] at ``sr``.
 
-    Reads WAV, FLAC, OGG/Vorbis, MP3, AU/SND, AIFF (anything libsndfile 1.1+ decodes, through
-    soundfile; no ffmpeg). Channels are averaged; other sample rates are resampled with soxr
-    (``soxr_hq``).
+    Reads every format in :data:`decoding.AUDIO_EXTENSIONS`: WAV, FLAC, OGG/Vorbis, Opus, MP3,
+    AU/SND, AIFF through soundfile, and M4A/AAC/ALAC, WMA and the sound of MP4/WebM videos through
+    PyAV when ``av`` is installed (no system ffmpeg either way). The file is decoded as a stream
+    (:func:`decoding.decode_audio`): channels are averaged and other sample rates resampled with
+    soxr (``soxr_hq``) block by block, so memory is the result plus one block.
 
     Parameters
     ----------
@@ -372,43 +264,13 @@ def load_audio(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
         than :data:`MAX_AUDIO_SECONDS`, or holds empty, non-finite, silent or too-short audio; the
         message names the file. Decoder notes never reach stderr.
     ImportError
-        librosa, soundfile or scipy is not installed.
+        librosa, soundfile or scipy is not installed; :class:`decoding.MissingDecoderError` (an
+        AudioError and an ImportError) names ``av`` for a file that needs it.
     """
     _require_audio_deps("load_audio")
-    source = str(path)
-    p = Path(path)
-    if not p.is_file():
-        raise AudioError(f"{source}: file not found" if not p.exists() else f"{source}: not a regular file")
-    try:
-        with open(source, "rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        raise AudioError(f"{source}: cannot read file ({exc.strerror or exc})") from None
-    kind = _non_audio_kind(head)
-    if kind is not None:  # never hand an image or archive to the decoders (misleading errors, noise)
-        raise AudioError(f"{source}: not an audio file ({kind})")
-    try:
-        with _quiet_decoder(), soundfile.SoundFile(source) as fh:
-            file_sr = int(fh.samplerate)
-            # Header values are checked before any sample is read or resampled: a header saying
-            # 1 Hz would otherwise ask soxr for billions of output samples.
-            _check_rates(file_sr, sr, source, "in the file header")
-            if fh.frames > 0:
-                _check_output_size(fh.frames, file_sr, sr, source)
-            data = fh.read(dtype="float32", always_2d=True)
-    except AudioError:
-        raise
-    except Exception as exc:  # libsndfile raises several types (LibsndfileError, RuntimeError, ...)
-        raise AudioError(_decode_error(source, head, exc)) from None
-    if data.shape[0] == 0:
-        raise AudioError(f"{source}: audio is empty (0 samples)")
-    y = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    if not _finite_peak(y)[0]:
-        raise AudioError(f"{source}: audio contains NaN or infinite samples")
-    y = resample_audio(y, file_sr, sr, source=source)
-    if _finite_peak(y)[1] > 1.0:  # lossy decoders and resampling can overshoot full scale slightly
-        y = np.clip(y, -1.0, 1.0).astype(np.float32, copy=False)
-    return _check_signal(y, sr, source)
+    # The limit is read here, at the call, so that patching features.MAX_AUDIO_SECONDS applies.
+    y = decode_audio(path, sr, max_seconds=MAX_AUDIO_SECONDS)
+    return _check_signal(y, sr, str(path))
 
 
 def resample_audio(y: np.ndarray, orig_sr: int, target_sr: int, *, source: str = "array") -> np.ndarray:
@@ -441,7 +303,7 @@ def resample_audio(y: np.ndarray, orig_sr: int, target_sr: int, *, source: str =
     if orig_sr == target_sr:
         return y
     _check_rates(orig_sr, target_sr, source)
-    _check_output_size(y.shape[-1] if y.ndim else 0, orig_sr, target_sr, source)
+    _check_output_size(y.shape[-1] if y.ndim else 0, orig_sr, target_sr, source, MAX_AUDIO_SECONDS)
     _require_audio_deps("resample_audio")
     return librosa.resample(y, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq").astype(np.float32)
 
