@@ -153,11 +153,6 @@ MAX_CHANNELS = 8
 PathLike = Union[str, os.PathLike]
 
 
-class AudioError(ValueError):
-    """Audio that cannot be turned into features: missing, unreadable, empty, silent, too short or
-    non-finite. The message names the source (a file path, or ``"array"``) and the problem."""
-
-
 def _require_audio_deps(what: str) -> None:
     missing = [name for name, mod in (("librosa", librosa), ("scipy", scipy)) if mod is None]
     if what == "load_audio" and soundfile is None:
