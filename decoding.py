@@ -328,10 +328,19 @@ def _open_av(file, source: str) -> _Opened:
         container.close()
         raise
     def blocks():
+        # FFmpeg's frames are small (a WAV's: 2,048 samples): joined into blocks of BLOCK_FRAMES,
+        # so the per-block work (checks, soxr calls, stderr quieting) is not paid per frame.
+        pending, count = [], 0
         for frame in container.decode(stream):
             if frame.sample_rate != rate:
                 raise AudioError(f"{source}: sample rate changes mid-stream ({rate} -> {frame.sample_rate} Hz)")
-            yield _av_mono(frame)
+            pending.append(_av_mono(frame))
+            count += len(pending[-1])
+            if count >= BLOCK_FRAMES:
+                yield np.concatenate(pending)
+                pending, count = [], 0
+        if pending:
+            yield np.concatenate(pending)
 
     return _Opened(rate, _av_frames_estimate(container, stream, rate), blocks(), container.close)
 
@@ -552,10 +561,16 @@ def decode_audio(source: Source, sr: int = 22050, *, max_seconds: Optional[float
     expected, blocks = _stream(source, sr, max_seconds, decoder, name)
     out = np.empty(expected or 30 * sr, np.float32)  # no length in the header: start at 30 s
     n = 0
-    for block in blocks:
-        if n + len(block) > len(out):  # the header undercounted: grow by a quarter (rare)
-            out.resize(max(n + len(block), len(out) + len(out) // 4), refcheck=False)
-        out[n:n + len(block)] = block
-        n += len(block)
+    with _quiet_decoder():  # once for the whole file (per block, it would be one temporary file each)
+        for block in blocks:
+            n = _append(out, n, block)
     out.resize(n, refcheck=False)  # shrinks in place (realloc), no copy
     return out
+
+
+def _append(out: np.ndarray, n: int, block: np.ndarray) -> int:
+    """Copy ``block`` into ``out`` at ``n`` (growing ``out`` in place if needed); the new length."""
+    if n + len(block) > len(out):  # the header undercounted: grow by a quarter (rare)
+        out.resize(max(n + len(block), len(out) + len(out) // 4), refcheck=False)
+    out[n:n + len(block)] = block
+    return n + len(block)
