@@ -178,3 +178,33 @@ def test_undo_log_restores_every_old_value(library, tmp_path):
         assert T._stored(mutagen.File(library[n]).tags) == before[n], n
     assert T.read_genres(library["mp3"]) == ["Rock"] and T.read_genres(library["flac"]) == []
     assert all(o in ("unchanged",) or o.startswith("skipped") for _, o in T.restore(log))
+
+
+def test_labels_from_tags(library, tmp_path):
+    set_native(library["mp3"], ["Hip-Hop"])
+    set_native(library["flac"], ["hip hop", "Jazz"])
+    set_native(library["aac"], ["Rock"])
+    set_native(library["opus"], ["rock; pop"])
+    set_native(library["wma"], ["Jazz"])
+    paths = [library[n] for n in ("mp3", "flac", "aac", "opus", "wma", "vorbis", "webm")]
+    got = T.labels_from_tags(paths, genres=["Hip Hop", "ROCK"])
+    assert got.labels == ["hiphop", "hiphop", "rock", "rock"] and got.counts == {"hiphop": 2, "rock": 2}
+    reasons = dict(got.skipped)
+    assert reasons[str(library["wma"])].endswith("genre jazz not among hiphop, rock")
+    assert reasons[str(library["vorbis"])].endswith("no genre tag")
+    assert "unsupported container" in reasons[str(library["webm"])]
+    with pytest.raises(T.TagError, match=r"genre jazz has fewer than 2 songs \(songs per genre: hiphop 2, rock 2, "
+                                         r"jazz 1\); choose the genres to learn with --genres"):
+        T.labels_from_tags(paths)
+    with pytest.raises(T.TagError, match=r"no recording has a usable genre tag \(2 skipped\)"):
+        T.labels_from_tags([library["vorbis"], library["webm"]])
+
+
+def test_contradicted_tags_most_confident_first(library):
+    set_native(library["mp3"], ["Hip-Hop"])
+    set_native(library["flac"], ["Rock"])
+    set_native(library["aac"], ["Jazz"])
+    predictions = [(library["mp3"], "hiphop", 0.99), (library["flac"], "classical", 0.85),
+                   (library["aac"], "blues", 0.95), (library["opus"], "pop", 0.99), (library["wma"], "rock", 0.5)]
+    assert T.contradicted_tags(predictions) == [(str(library["aac"]), "blues", 0.95, ["Jazz"]),
+                                                (str(library["flac"]), "classical", 0.85, ["Rock"])]

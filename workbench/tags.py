@@ -32,7 +32,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 import mutagen
 from mutagen.apev2 import APEv2
@@ -40,7 +40,8 @@ from mutagen.asf import ASFTags
 from mutagen.id3 import ID3, TCON
 from mutagen.mp4 import MP4Tags
 
-__all__ = ["TagError", "split_genres", "normalise_genre", "read_genres", "write_genres", "UndoLog", "restore"]
+__all__ = ["TagError", "split_genres", "normalise_genre", "read_genres", "write_genres", "UndoLog", "restore",
+           "TagLabels", "labels_from_tags", "contradicted_tags"]
 
 PathLike = Union[str, os.PathLike]
 #: The genre keys of each tag type (all are cleared on write; the first receives the new values).
@@ -348,3 +349,100 @@ def restore(log: PathLike) -> List[Tuple[str, str]]:
         except TagError as exc:
             outcomes.append((str(path), f"error: {exc}"))
     return outcomes
+
+
+# --------------------------------------------------------------------------------------------
+# Tags as labels, and labels against tags
+# --------------------------------------------------------------------------------------------
+
+
+class TagLabels(NamedTuple):
+    """Recordings labelled by their own tags: parallel ``paths`` and ``labels``, ``skipped`` as
+    (path, reason) for those without a usable tag, ``counts`` {label: songs}."""
+
+    paths: List[str]
+    labels: List[str]
+    skipped: List[Tuple[str, str]]
+    counts: Dict[str, int]
+
+
+def labels_from_tags(paths: Iterable[PathLike], *, genres: Optional[Iterable[str]] = None,
+                     min_songs: int = 2) -> TagLabels:
+    """Label each recording with its first tag genre (normalised) that training learns.
+
+    Parameters
+    ----------
+    paths : iterable of path
+    genres : iterable of str, optional
+        The genres to learn (normalised before comparing); default: every genre the tags name.
+    min_songs : int
+        Fewest songs a learned genre may have.
+
+    Returns
+    -------
+    TagLabels
+
+    Raises
+    ------
+    TagError
+        A genre with fewer than ``min_songs`` songs (the message gives every genre's count), or no
+        recording with a usable tag at all.
+    """
+    wanted = None if genres is None else list(dict.fromkeys(normalise_genre(g) for g in genres))
+    kept, labels, skipped = [], [], []
+    for path in paths:
+        try:
+            found = read_genres(path, normalised=True)
+        except TagError as exc:
+            skipped.append((str(path), str(exc)))
+            continue
+        usable = [g for g in found if wanted is None or g in wanted]
+        if not usable:
+            reason = "no genre tag" if not found else f"genre {', '.join(found)} not among {', '.join(wanted)}"
+            skipped.append((str(path), f"{path}: {reason}"))
+            continue
+        kept.append(str(path))
+        labels.append(usable[0])
+    counts = {g: labels.count(g) for g in (wanted or sorted(set(labels)))}
+    _check_counts(counts, min_songs, len(skipped))
+    return TagLabels(kept, labels, skipped, counts)
+
+
+def _check_counts(counts: Dict[str, int], min_songs: int, n_skipped: int) -> None:
+    few = [g for g, n in counts.items() if n < min_songs]
+    if not counts or sum(counts.values()) == 0:
+        raise TagError(f"no recording has a usable genre tag ({n_skipped} skipped)")
+    if few:
+        listed = ", ".join(f"{g} {n}" for g, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        raise TagError(f"genre{'s' if len(few) > 1 else ''} {', '.join(few)} ha{'ve' if len(few) > 1 else 's'} "
+                       f"fewer than {min_songs} songs (songs per genre: {listed}); choose the genres to learn "
+                       "with --genres")
+
+
+def contradicted_tags(predictions: Iterable[Tuple[str, str, float]], *, min_confidence: float = 0.8
+                      ) -> List[Tuple[str, str, float, List[str]]]:
+    """Songs whose tag a confident prediction contradicts (likely mislabelled), most confident first.
+
+    Parameters
+    ----------
+    predictions : iterable of (path, predicted genre, confidence in [0, 1])
+    min_confidence : float
+        Predictions below this never contradict a tag.
+
+    Returns
+    -------
+    list of (path, predicted genre, confidence, the tag's genres)
+        Only songs with a genre tag that does not name the prediction (compared normalised);
+        unreadable or untagged files are left out.
+    """
+    found = []
+    for path, genre, confidence in predictions:
+        if confidence < min_confidence:
+            continue
+        try:
+            tagged = read_genres(path)
+        except TagError:
+            continue
+        if tagged and normalise_genre(genre) not in {normalise_genre(g) for g in tagged}:
+            found.append((str(path), genre, float(confidence), tagged))
+    return sorted(found, key=lambda row: -row[2])
