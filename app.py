@@ -25,14 +25,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the
 import numpy as np
 
 import matplotlib.figure  # noqa: E402
-import plots  # noqa: E402  (sets the Agg backend)
+from decoding import AUDIO_EXTENSIONS  # noqa: E402
+from workbench import plots, runs  # noqa: E402  (plots sets the Agg backend)
 
 HERE = Path(__file__).resolve().parent
 ENV_VAR = "MUSIC_GENRE_MOE_MODEL"
 DEFAULT_MODEL = "runs/latest"
 EXAMPLES_DIR = HERE / "examples"
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".au", ".aiff", ".aif")
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+TRUST_ENV_VAR = "MUSIC_GENRE_MOE_TRUST_REMOTE_CODE"  # "1": run the model repo's own code (a Space's setting)
 log = logging.getLogger("music-genre-moe.app")
 
 READ_LABEL = ("The bars are the song's genre probabilities: the mean of the model's probabilities over "
@@ -61,34 +61,17 @@ def default_model_source():
     return DEFAULT_MODEL
 
 
-def load_model(source):
-    """A run folder, a save_pretrained folder, an exported Hub folder, a .pt checkpoint or a Hub repo id -> model.
+def load_model(source, trust_remote_code=False, revision=None):
+    """Any model spec `workbench.runs.load_model` takes -> the model, in eval mode.
 
-    An exported folder (with its own code files) and a Hub repo load through `AutoModel` with
-    `trust_remote_code`, so the code that trained the weights runs them; the others through this
-    project's `modeling.load_moe_model`. A local path never touches the network.
+    This project's models load with the local classes (no downloaded code runs); a model with its
+    own code runs it only with `trust_remote_code` (--trust-remote-code, or TRUST_ENV_VAR=1 in a Space).
     """
     source = str(source)
-    path = Path(source).expanduser()
-    if path.exists():
-        if path.is_dir() and (path / "modeling.py").is_file() and (path / "config.json").is_file() \
-                and '"auto_map"' in (path / "config.json").read_text(encoding="utf-8"):
-            return _auto_model(str(path))
-        from modeling import load_moe_model
-
-        return load_moe_model(path)[0]
-    if source == DEFAULT_MODEL:
+    if source == DEFAULT_MODEL and not Path(source).exists():
         raise FileNotFoundError(f"{source}: no trained model here (train one with `python train.py`, or pass "
                                 f"--model or set {ENV_VAR})")
-    if REPO_ID.match(source) and not source.startswith((".", "/", "~")):
-        return _auto_model(source)
-    raise FileNotFoundError(f"{source}: no such folder or file, and not a Hub repo id (owner/name)")
-
-
-def _auto_model(source):
-    from transformers import AutoModel
-
-    return AutoModel.from_pretrained(source, trust_remote_code=True).eval()
+    return runs.load_model(source, trust_remote_code=trust_remote_code, revision=revision)
 
 
 def genres_of(model):
@@ -334,24 +317,28 @@ def _module_files(name, found=None):
 
     found = found if found is not None else []
     found.append(name)
-    for node in ast.parse((HERE / name).read_text(encoding="utf-8")).body:
+    for node in ast.walk(ast.parse((HERE / name).read_text(encoding="utf-8"))):
         modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-        for module in modules:
-            file = module.split(".")[0] + ".py"
-            if (HERE / file).is_file() and file not in found:
-                _module_files(file, found)
+            [node.module] + [f"{node.module}.{a.name}" for a in node.names] \
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+        for module in modules:  # `workbench.plots` is workbench/plots.py, with the package's __init__.py
+            parts = module.split(".")
+            for file in [("/".join(parts[:k]) + ".py") for k in range(1, len(parts) + 1)] + \
+                        [("/".join(parts[:k]) + "/__init__.py") for k in range(1, len(parts) + 1)]:
+                if (HERE / file).is_file() and file not in found:
+                    _module_files(file, found)
     return found
 
 
 def write_space(folder, model_repo):
     """A ready-to-push Space folder: app.py and the modules it imports (plots.py), requirements.txt,
     README.md, the examples. The model and its code come from `model_repo` when the Space starts."""
-    if not REPO_ID.match(model_repo):
+    if not runs.HUB_ID.match(model_repo):
         raise ValueError(f"--write-space needs --model to be a Hub repo id (owner/name), got {model_repo!r}")
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     for name in _module_files("app.py"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(HERE / name, out / name)
     reqs = [line for f in ("requirements.txt", "requirements-app.txt")
             for line in (HERE / f).read_text().splitlines() if line.strip() and not line.startswith(("#", "-r"))]
@@ -373,6 +360,10 @@ def main(argv=None):
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 to share on the network)")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--write-space", metavar="DIR", help="write a Hugging Face Space folder for --model and exit")
+    p.add_argument("--trust-remote-code", action="store_true", default=os.environ.get(TRUST_ENV_VAR) == "1",
+                   help=f"run a model's own Python code (a model of another type; default: ${TRUST_ENV_VAR}=1); "
+                        "this project's models never need it")
+    p.add_argument("--revision", help="Hub revision (commit, tag or branch) to pin the model to")
     args = p.parse_args(argv)
     source = args.model or default_model_source()
     if args.write_space:
@@ -387,7 +378,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)  # failed uploads with their traceback, on the console only
     try:
-        model = load_model(source)
+        model = load_model(source, trust_remote_code=args.trust_remote_code, revision=args.revision)
     except Exception as e:  # noqa: BLE001: a one-line reason, not a traceback
         msg = readable_error(e)
         msg = msg[len(source) + 2:] if msg.startswith(source + ": ") else msg

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -36,11 +37,13 @@ except ImportError:
     from prototypes import class_prototypes, metric_space, prototype_scores
 
 try:
-    from .features import FEATURE_NAMES, as_mono_waveform
-    from .frontend import DEFAULT_WEIGHTS, MUSICNN_N_MELS, PATCH_FRAMES, MusiCNN, patches_per_pass
+    from .features import FEATURE_NAMES
+    from .frontend import DEFAULT_WEIGHTS, MSD_TAGS, MUSICNN_N_MELS, PATCH_FRAMES, MusiCNN, patches_per_pass
+    from .song import song_inputs, song_verdict, song_waveform
 except ImportError:
-    from features import FEATURE_NAMES, as_mono_waveform
-    from frontend import DEFAULT_WEIGHTS, MUSICNN_N_MELS, PATCH_FRAMES, MusiCNN, patches_per_pass
+    from features import FEATURE_NAMES
+    from frontend import DEFAULT_WEIGHTS, MSD_TAGS, MUSICNN_N_MELS, PATCH_FRAMES, MusiCNN, patches_per_pass
+    from song import song_inputs, song_verdict, song_waveform
 
 #: Largest |z-score| accepted: features from real audio stay within a few dozen standard deviations
 #: of the training mean; 1e30 would overflow float32 inside the network and come out as NaN.
@@ -174,6 +177,18 @@ class GatingNetwork(nn.Module):
 # Losses (each returned by name)
 
 
+#: Every loss term of the output, with the config field that weighs it in `loss` (None: weight 1).
+#: Training logs, plots and the model card read the term names from here.
+LOSS_WEIGHTS = {
+    "ce_loss": None,
+    "load_balance_loss": "load_balance_weight",
+    "entropy_loss": "entropy_weight",
+    "routing_loss": "routing_weight",
+    "kan_reg_loss": "kan_reg_weight",
+}
+LOSS_TERMS = tuple(LOSS_WEIGHTS)
+
+
 def load_balance_loss(gate_weights):
     """Switch Transformer balance term: E * sum_i f_i * P_i, 1.0 when routing is uniform.
 
@@ -229,6 +244,23 @@ class MusicGenreMoEOutput(ModelOutput):
     entropy_loss: torch.FloatTensor | None = None
     routing_loss: torch.FloatTensor | None = None
     kan_reg_loss: torch.FloatTensor | None = None
+
+
+class WindowOutputs(NamedTuple):
+    """What the model says of each window of a song (`MusicGenreMoE.window_outputs`)."""
+
+    probabilities: torch.Tensor       #: (n_windows, num_labels) softmax of the logits
+    gate_weights: torch.Tensor        #: (n_windows, num_experts)
+    fewshot: Optional[torch.Tensor]   #: (n_windows, D) few-shot vectors, or None when no genre was added
+    tag_logits: Optional[torch.Tensor]  #: (n_windows, 50) the front end's MSD tag logits, or None
+
+    def mean(self):
+        """The song: every field averaged over its windows, shape (1, ...)."""
+        return WindowOutputs(*(None if v is None else v.mean(0, keepdim=True) for v in self))
+
+    def rows(self, sl):
+        """The windows in slice `sl` (one song's, out of a batch of songs)."""
+        return WindowOutputs(*(None if v is None else v[sl] for v in self))
 
 
 class MusicGenreMoEPreTrainedModel(PreTrainedModel):
@@ -409,13 +441,8 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
             out.entropy_loss = gate_entropy_loss(gate_weights, log_weights)
             out.routing_loss = routing_loss(log_weights, labels)
             out.kan_reg_loss = self.kan_regularization()
-            out.loss = (
-                out.ce_loss
-                + c.load_balance_weight * out.load_balance_loss
-                + c.entropy_weight * out.entropy_loss
-                + c.routing_weight * out.routing_loss
-                + c.kan_reg_weight * out.kan_reg_loss
-            )
+            out.loss = sum(out[term] * (1.0 if weight is None else getattr(c, weight))
+                           for term, weight in LOSS_WEIGHTS.items())
         return out
 
     def _check_labels(self, labels, batch):
@@ -480,34 +507,72 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         `add_genre` appear under `prototype_scores` and can be the `predicted_genre` (see `add_genre`).
         """
         single = _is_single_vector(features)
-        self.eval()
-        z = self.normalise(features)
-        out = self._forward_zscored(z)
-        results = self._results(out.logits.softmax(-1), out.gate_weights, self._fewshot_space(z, out.embedding))
+        results = self.genre_results(self.window_outputs(features), windows=True)
         return results[0] if single else results
 
-    def _results(self, probs, gate_weights, embedding):
-        genres = self.config.genres
+    @torch.no_grad()
+    def window_outputs(self, features, batch_windows=4096):
+        """Per-window outputs of raw input rows (n_windows, input_size), in eval mode, in forward
+        passes of at most `batch_windows` rows: a `WindowOutputs`."""
+        self.eval()
+        x = as_feature_tensor(features, self.config.input_size)
+        parts = []
+        for s in range(0, len(x), batch_windows):
+            z = self.normalise(x[s:s + batch_windows])
+            out = self._forward_zscored(z)
+            fewshot = self._fewshot_space(z, out.embedding) if self._fewshot_genres_compete() else None
+            parts.append(WindowOutputs(out.logits.softmax(-1), out.gate_weights, fewshot, self._tag_logits(z)))
+        return WindowOutputs(*(None if parts[0][i] is None else torch.cat([p[i] for p in parts])
+                               for i in range(len(WindowOutputs._fields))))
+
+    def _fewshot_genres_compete(self):
         # Few-shot genres compete only once the trained genres have prototypes too (train.py stores them).
-        has_all = all(g in self.config.prototypes for g in genres) and len(self.config.prototypes) > len(genres)
-        proto_scores = self._prototype_scores(embedding) if has_all else None
+        c = self.config
+        return all(g in c.prototypes for g in c.genres) and len(c.prototypes) > len(c.genres)
+
+    def _tag_logits(self, z):
+        """The front end's tag logits from the rows' embedding columns, or None without a front end.
+
+        The tag layer is linear in the embedding, so the tags of a window (the mean embedding of
+        its patches) are the mean of its patches' tag logits: no second pass through the network.
+        """
+        c = self.config
+        if self.frontend is None:
+            return None
+        mean = torch.tensor(c.feature_mean[c.num_features:], dtype=z.dtype, device=z.device)
+        std = torch.tensor(c.feature_std[c.num_features:], dtype=z.dtype, device=z.device)
+        return self.frontend.tags(z[:, c.num_features:] * std + mean)
+
+    def genre_results(self, outputs, windows=False):
+        """`WindowOutputs` -> one result dict per row (`windows=True`: every window's own fields only).
+
+        A row's dict: `predicted_genre`, `confidence`, `probabilities`, `gate_weights`, and, when
+        genres were added with `add_genre`, `prototype_scores` (the nearest prototype names the
+        genre); a song's dict (`windows=False`) also carries `tags` (the front end's MSD tags with
+        their probabilities, best first) when the model has a front end.
+        """
+        c = self.config
+        genres = c.genres
+        proto_scores = self._prototype_scores(outputs.fewshot) if outputs.fewshot is not None else None
         results = []
-        for i in range(probs.shape[0]):
-            p = probs[i].tolist()
+        for i in range(outputs.probabilities.shape[0]):
+            p = outputs.probabilities[i].tolist()
             best = int(np.argmax(p))
             r = {
                 "predicted_genre": genres[best],
                 "confidence": p[best],
                 "probabilities": dict(zip(genres, p)),
-                "gate_weights": dict(zip(genres, gate_weights[i].tolist())),
+                "gate_weights": dict(zip(genres, outputs.gate_weights[i].tolist())),
             }
             if proto_scores is not None:
                 names, scores = proto_scores
                 s = scores[i].tolist()
                 r["prototype_scores"] = dict(zip(names, s))
                 top = int(np.argmax(s))
-                if names[top] not in self.config.label2id:  # a few-shot genre is nearest: name it
+                if names[top] not in c.label2id:  # a few-shot genre is nearest: name it
                     r["predicted_genre"], r["confidence"] = names[top], s[top]
+            if outputs.tag_logits is not None and not windows:
+                r["tags"] = frontend_tags(outputs.tag_logits[i])
             results.append(r)
         return results
 
@@ -515,70 +580,29 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
 
     @torch.no_grad()
     def predict_audio(self, audio, sampling_rate=None):
-        """Predict the genre of an audio file (any length) or a waveform.
+        """Predict the genre of an audio file (any length) or a waveform: `song.song_verdict`.
 
         The audio is resampled to `config.sampling_rate`, cut into `config.clip_seconds` windows,
         and the window probabilities and gate weights averaged. Needs librosa and soundfile.
 
         Args:
-            audio (`str`, `Path` or array): a file path, or a waveform: float samples in [-1, 1] or
-                integer PCM (scaled by its dtype's range), mono `(samples,)` or multichannel
-                `(channels, samples)` / `(samples, channels)` (see `features.as_mono_waveform`).
-            sampling_rate (`int`): the waveform's sample rate; required for arrays, ignored for paths.
+            audio (`str`, `Path`, `bytes` or array): a file path, the file's bytes, or a waveform:
+                float samples in [-1, 1] or integer PCM (scaled by its dtype's range), mono
+                `(samples,)` or multichannel `(channels, samples)` / `(samples, channels)`.
+            sampling_rate (`int`): the waveform's sample rate; required for arrays, ignored for files.
 
         Returns:
-            The `predict` dict for the whole song plus `num_windows` and `windows` (one dict per
-            window with `start`/`end` seconds, `predicted_genre`, `confidence`, `probabilities`,
-            `gate_weights`).
+            The `predict` dict for the whole song plus `top`, `duration_s`, `num_windows`, `tags`
+            (with a front end) and `windows` (one dict per window with `start`/`end` seconds,
+            clipped to the song, `predicted_genre`, `confidence`, `probabilities`, `gate_weights`).
         """
-        feats, starts = self.audio_features(audio, sampling_rate)
-        return self._song_result(torch.as_tensor(feats), starts)
+        return song_verdict(self, self.song_inputs(audio, sampling_rate))
 
-    def _song_result(self, feats, starts):
-        """One song's verdict and its per-window results from its raw window features (n_windows, F)."""
-        self.eval()
-        z = self.normalise(feats)
-        out = self._forward_zscored(z)
-        probs = out.logits.softmax(-1)
-        emb = self._fewshot_space(z, out.embedding)
-        song = self._results(probs.mean(0, keepdim=True), out.gate_weights.mean(0, keepdim=True),
-                             emb.mean(0, keepdim=True))[0]
-        sr, win = self.config.sampling_rate, self.config.clip_seconds
-        song["num_windows"] = len(feats)
-        song["windows"] = [
-            {"start": round(int(s0) / sr, 3), "end": round(int(s0) / sr + win, 3),
-             **{k: r[k] for k in ("predicted_genre", "confidence", "probabilities", "gate_weights")}}
-            for s0, r in zip(starts, self._results(probs, out.gate_weights, emb))
-        ]
-        return song
-
-    def audio_features(self, audio, sampling_rate=None):
-        """Raw window inputs of a file or waveform: ((n_windows, input_size) float32, starts (n_windows,)).
-
-        The model's own door from audio to `input_features`: the 59 features of each window
-        (`features.extract_song`) and, with a front end, the window's musicnn embedding
-        (`frontend.window_embeddings`, the same computation as `forward(..., log_mel=...)`).
-        Silent windows are skipped; `starts` holds each kept window's first sample at
-        `config.sampling_rate`.
-        """
-        try:
-            from .features import extract_song, load_audio, resample_audio
-            from .frontend import window_embeddings
-        except ImportError:
-            from features import extract_song, load_audio, resample_audio
-            from frontend import window_embeddings
-        sr = self.config.sampling_rate
-        if isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
-            y = load_audio(audio, sr=sr)
-        else:
-            if sampling_rate is None:
-                raise ValueError("predict_audio: a waveform needs its sampling_rate (e.g. 22050), got None")
-            y = resample_audio(as_mono_waveform(audio), int(sampling_rate), sr)
-        song = extract_song(y, sr=sr, clip_seconds=self.config.clip_seconds)
-        if self.frontend is None:
-            return song.features, song.starts
-        emb = window_embeddings(self.frontend, song.audio, sr)
-        return np.concatenate([song.features, emb], axis=1), song.starts
+    def song_inputs(self, audio, sampling_rate=None):
+        """The model's door from audio to its inputs: `song.song_inputs` of the decoded song (a `SongInputs`)."""
+        c = self.config
+        y = song_waveform(audio, sampling_rate, sr=c.sampling_rate)
+        return song_inputs(y, c.sampling_rate, c.clip_seconds, self.frontend)
 
     # -- few-shot genres --------------------------------------------------------------------------
 
@@ -619,7 +643,7 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         first = examples[0]
         if np.ndim(first) == 1 and len(first) == self.config.input_size and not isinstance(first, str):
             return as_feature_tensor(np.stack(examples), self.config.input_size, "examples")
-        return torch.cat([torch.as_tensor(self.audio_features(e, sampling_rate)[0]) for e in examples])
+        return torch.cat([torch.as_tensor(self.song_inputs(e, sampling_rate).features) for e in examples])
 
     def set_genre_prototypes(self, features, labels):
         """Store the trained genres' prototypes (mean `fewshot_embed` of raw training features per genre).
@@ -634,19 +658,39 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
     # -- saving -----------------------------------------------------------------------------------
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, atomically: every file is written into a hidden
-        temporary folder beside the target and renamed into place only once all were written, so
-        an error or a kill never leaves a 0-byte or half-written `config.json` / weights file."""
+        """`PreTrainedModel.save_pretrained`, writing a folder that loads anywhere as it is.
+
+        Beside config.json and the weights: `auto_map` and `custom_pipelines` in the config,
+        preprocessor_config.json (the feature extractor), the code files (this module and its
+        siblings, `model_code_files`) and, with the musicnn front end, its licence. So
+        `AutoModel.from_pretrained(folder, trust_remote_code=True)` and `pipeline(model=folder,
+        trust_remote_code=True)` work on any folder saved here, after `add_genre` too.
+
+        Atomic: every file is written into a hidden temporary folder beside the target and renamed
+        into place only once all were written, so an error or a kill never leaves a 0-byte or
+        half-written `config.json` / weights file.
+        """
         target = Path(save_directory)
         if target.exists() and not target.is_dir():
             raise ValueError(f"save_pretrained: {target} is a file, expected a folder")
         target.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".save-partial-", dir=target))
+        own = self.config
+        self.config = own.__class__.from_dict(own.to_dict())
+        self.config.auto_map = dict(AUTO_MAP)
+        self.config.custom_pipelines = {k: dict(v) for k, v in CUSTOM_PIPELINES.items()}
         try:
             result = super().save_pretrained(tmp, *args, **kwargs)
+            _save_feature_extractor(self.config, tmp)
+            here = Path(__file__).resolve().parent
+            for name in model_code_files(here):
+                shutil.copy2(here / name, tmp / name)
+            if own.frontend == "musicnn" and (here / MUSICNN_LICENSE).is_file():
+                shutil.copy2(here / MUSICNN_LICENSE, tmp / MUSICNN_LICENSE)  # the weights ship: so does their licence
             for f in tmp.iterdir():
                 os.replace(f, target / f.name)
         finally:
+            self.config = own
             shutil.rmtree(tmp, ignore_errors=True)
         return result
 
@@ -664,6 +708,67 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         if self.config.prototype_metric == "euclidean":
             scores = scores / embedding.shape[-1]
         return names, scores.softmax(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# What a saved folder needs to load anywhere (with trust_remote_code), written by save_pretrained
+
+
+# One key per Auto class, written explicitly (register_for_auto_class keeps only the last call).
+AUTO_MAP = {
+    "AutoConfig": "configuration.MusicGenreMoEConfig",
+    "AutoModel": "modeling.MusicGenreMoE",
+    "AutoModelForAudioClassification": "modeling.MusicGenreMoE",
+}
+FEATURE_EXTRACTOR_AUTO_MAP = {"AutoFeatureExtractor": "pipeline.MusicGenreFeatureExtractor"}
+# pipeline(model=..., trust_remote_code=True) takes the task from here when there is one entry, and
+# task="audio-classification" picks this class instead of the stock (ffmpeg/torchaudio) pipeline.
+CUSTOM_PIPELINES = {
+    "audio-classification": {
+        "impl": "pipeline.MusicGenreClassificationPipeline",
+        "pt": ["AutoModelForAudioClassification"],
+        "tf": [],
+        "type": "audio",
+    }
+}
+# Modules the remote loader imports; their `from .x import` siblings are added by `model_code_files`.
+ENTRY_MODULES = ("configuration.py", "modeling.py", "pipeline.py")
+MUSICNN_LICENSE = "LICENSE-musicnn"  # ISC notice of the musicnn weights (frontend.py)
+
+
+def model_code_files(root):
+    """Code files the remote loader needs: the entry modules and, transitively, their `from .x import`s."""
+    import re
+
+    todo, found = list(ENTRY_MODULES), []
+    while todo:
+        name = todo.pop(0)
+        if name in found:
+            continue
+        path = Path(root) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{name} is missing from {root}: the Hub loader needs it")
+        found.append(name)
+        # The same patterns transformers' dynamic-module loader follows.
+        text = path.read_text(encoding="utf-8")
+        todo += [f"{m.split('.')[0]}.py" for m in re.findall(r"^\s*from\s+\.(\S+)\s+import", text, re.M)]
+        todo += [f"{m.split('.')[0]}.py" for m in re.findall(r"^\s*import\s+\.(\S+)\s*$", text, re.M)]
+    return found
+
+
+def _save_feature_extractor(config, folder):
+    """preprocessor_config.json for `config`, with the AutoFeatureExtractor map."""
+    import json
+
+    try:
+        from .pipeline import MusicGenreFeatureExtractor
+    except ImportError:
+        from pipeline import MusicGenreFeatureExtractor
+    MusicGenreFeatureExtractor.for_config(config).save_pretrained(folder)
+    path = Path(folder) / "preprocessor_config.json"
+    data = json.loads(path.read_text())
+    data["auto_map"] = dict(FEATURE_EXTRACTOR_AUTO_MAP)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -754,6 +859,13 @@ def pretty_predict(name, probs, gate_weights, pred, genres, width=30):
     lines.append(rule)
     print("\n".join(lines))
     return "\n".join(lines)
+
+
+def frontend_tags(logits, top_k=10):
+    """The front end's MSD tags of one song or window, best first: {tag: probability} for the `top_k` most likely."""
+    probs = torch.sigmoid(torch.as_tensor(logits).float()).tolist()
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])[:top_k]
+    return {MSD_TAGS[i]: round(probs[i], 6) for i in order}
 
 
 def _feature_name(index):

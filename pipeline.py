@@ -6,10 +6,10 @@ the exported `config.json` names this module's `MusicGenreClassificationPipeline
 `custom_pipelines["audio-classification"]`, and `preprocessor_config.json` maps `AutoFeatureExtractor`
 to `MusicGenreFeatureExtractor`. Both read and resample audio with `features.py` (soundfile/librosa).
 
-    file / bytes / array at any rate -> mono float32 at config.sampling_rate
-        -> clip_seconds windows -> raw features (n_windows, 59)                  (feature extractor)
-        -> model(input_features): z-score with the config's stats -> logits (n_windows, G)
-        -> softmax, mean over windows -> [{"label": genre, "score": p}, ...] best first
+    file / bytes / array at any rate -> song.song_waveform -> song.song_inputs (windows, features,
+        front end) -> model.window_outputs -> song.song_verdict (the verdict predict_audio gives)
+        -> [{"label": genre, "score": p}, ...] best first (an added genre included), or the whole
+           verdict with `details=True` (front-end tags, windows, gate weights)
 
 The normalisation stats stay in the model's `config.json` only (one source of truth): the feature
 extractor returns raw features and the model always z-scores them itself, so
@@ -20,7 +20,6 @@ librosa and soundfile are needed only here, for audio: they are imported inside 
 """
 
 import os
-import tempfile
 
 import numpy as np
 import torch
@@ -30,9 +29,13 @@ from transformers.feature_extraction_utils import BatchFeature, FeatureExtractio
 try:
     from .features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE, as_mono_waveform, extract_song, load_audio, resample_audio
     from .frontend import window_patches
+    from .modeling import WindowOutputs
+    from .song import SongInputs, song_inputs, song_verdict, song_waveform
 except ImportError:  # running from a checkout, not as a Hub dynamic module
     from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE, as_mono_waveform, extract_song, load_audio, resample_audio
     from frontend import window_patches
+    from modeling import WindowOutputs
+    from song import SongInputs, song_inputs, song_verdict, song_waveform
 
 
 class MusicGenreFeatureExtractor(FeatureExtractionMixin):
@@ -138,15 +141,19 @@ class MusicGenreClassificationPipeline(Pipeline):
                 raise ValueError(f"feature extractor {field}={getattr(fe, field, None)!r} does not match the model's "
                                  f"config.{field}={getattr(c, field)!r}")
 
-    def _sanitize_parameters(self, top_k=None, **kwargs):
+    def _sanitize_parameters(self, top_k=None, details=None, **kwargs):
         if kwargs:
             raise TypeError(f"audio-classification pipeline: unsupported argument(s) {sorted(kwargs)}; "
-                            "the only option is top_k")
+                            "the options are top_k and details")
         postprocess = {}
         if top_k is not None:
             if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
                 raise ValueError(f"top_k: expected a positive integer, got {top_k!r}")
             postprocess["top_k"] = int(top_k)
+        if details is not None:
+            if not isinstance(details, bool):
+                raise ValueError(f"details: expected True or False, got {details!r}")
+            postprocess["details"] = details
         return {}, {}, postprocess
 
     def __call__(self, inputs, *args, batch_size=None, **kwargs):
@@ -157,17 +164,16 @@ class MusicGenreClassificationPipeline(Pipeline):
         return super().__call__(inputs, *args, **kwargs)
 
     def preprocess(self, inputs):
-        y, sr = self._read(inputs)
-        inputs = self.feature_extractor(y, sampling_rate=sr, return_tensors="pt")
-        return {k: inputs[k] for k in ("input_features", "log_mel") if k in inputs}
+        audio, sr = self._read(inputs)
+        c = self.model.config
+        y = song_waveform(audio, sr, sr=c.sampling_rate)
+        # Plain fields: the Pipeline moves tensors to the device and rebuilds tuples as plain tuples.
+        return song_inputs(y, c.sampling_rate, c.clip_seconds, self.model.frontend)._asdict()
 
     def _read(self, inputs):
-        """(waveform, sample rate) from any accepted input."""
-        fe = self.feature_extractor
-        if isinstance(inputs, str) or isinstance(inputs, os.PathLike):
-            return fe.load(inputs), fe.sampling_rate
-        if isinstance(inputs, (bytes, bytearray)):
-            return _load_bytes(bytes(inputs), fe.sampling_rate), fe.sampling_rate
+        """(file, bytes or waveform; its sample rate or None for files) from any accepted input."""
+        if isinstance(inputs, (str, os.PathLike, bytes, bytearray)):
+            return inputs, None
         if isinstance(inputs, dict):
             key = "raw" if "raw" in inputs else "array" if "array" in inputs else None
             if key is None or inputs.get("sampling_rate") is None:
@@ -175,35 +181,29 @@ class MusicGenreClassificationPipeline(Pipeline):
                     "audio dict: expected keys 'raw' (or 'array') and 'sampling_rate', "
                     f"got {sorted(inputs)}"
                 )
-            return as_mono_waveform(inputs[key]), int(inputs["sampling_rate"])
+            return inputs[key], inputs["sampling_rate"]
         if isinstance(inputs, (np.ndarray, torch.Tensor, list, tuple)):
-            return as_mono_waveform(inputs), fe.sampling_rate
+            return inputs, self.feature_extractor.sampling_rate
         raise TypeError(
             "expected a file path, the file's bytes, a 1-D waveform or a dict with 'raw'/'array' and "
             f"'sampling_rate', got {type(inputs).__name__}"
         )
 
     def _forward(self, model_inputs):
-        out = self.model(**model_inputs)
-        return {"logits": out.logits, "gate_weights": out.gate_weights}
+        song = SongInputs(**model_inputs)
+        return {"song": song._asdict(), "outputs": self.model.window_outputs(song.features)._asdict()}
 
-    def postprocess(self, model_outputs, top_k=None):
-        probs = model_outputs["logits"].float().softmax(-1).mean(0)  # average over windows
-        genres = [self.model.config.id2label[i] for i in range(probs.shape[-1])]
-        k = len(genres) if top_k is None else max(1, min(top_k, len(genres)))
-        scores, ids = probs.topk(k)
-        return [{"label": genres[i], "score": s} for s, i in zip(scores.tolist(), ids.tolist())]
-
-
-def _load_bytes(data, sr):
-    """Decode an audio file held in memory through a temporary file (features.load_audio reads paths)."""
-    fd, path = tempfile.mkstemp(prefix="genre-audio-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return load_audio(path, sr=sr)
-    finally:
-        os.unlink(path)
+    def postprocess(self, model_outputs, top_k=None, details=False):
+        outputs = WindowOutputs(**model_outputs["outputs"])
+        verdict = song_verdict(self.model, SongInputs(**model_outputs["song"]), outputs)
+        if details:
+            return verdict
+        # An added genre named by its prototype is ranked by the prototype scores; a trained genre
+        # by the classifier's probabilities (the verdict's own rule, so the first label is its genre).
+        added = verdict["predicted_genre"] not in self.model.config.label2id
+        scores = verdict["prototype_scores"] if added else verdict["probabilities"]
+        ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+        return [{"label": g, "score": s} for g, s in ranked[:top_k or len(ranked)]]
 
 
 __all__ = ["MusicGenreFeatureExtractor", "MusicGenreClassificationPipeline"]

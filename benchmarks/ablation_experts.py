@@ -45,10 +45,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import evaluation  # noqa: E402
+from workbench import evaluation  # noqa: E402
 import train  # noqa: E402
+from workbench import data, settings, training  # noqa: E402
 from configuration import MusicGenreMoEConfig  # noqa: E402
-from batch_features import extract_many  # noqa: E402
+from workbench.batch import extract_many  # noqa: E402
 from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE  # noqa: E402
 from modeling import MusicGenreMoE  # noqa: E402
 
@@ -90,7 +91,7 @@ def variants():
 
 
 def make_step(config_kwargs, batch=64, seed=0):
-    """A closure doing one whole-model training step, as train.run_epoch does."""
+    """A closure doing one whole-model training step, as training.run_epoch does."""
     torch.manual_seed(seed)
     model = MusicGenreMoE(MusicGenreMoEConfig(**config_kwargs, **ZSCORED_INPUT)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -116,7 +117,7 @@ def time_steps(configs, repeats, iters, batch=64):
 
 
 def normalise(x_train, *others):
-    mean, std = train.feature_stats(x_train)
+    mean, std = data.feature_stats(x_train)
     return [torch.from_numpy((a - mean) / std).float() for a in (x_train, *others)]
 
 
@@ -126,13 +127,13 @@ ZSCORED_INPUT = {"feature_mean": [0.0] * N_FEATURES, "feature_std": [1.0] * N_FE
 
 
 def train_fixed_epochs(model, x, y, epochs, s):
-    """train.fit for exactly `epochs` epochs, the cosine period spanning them, without weight averaging.
+    """training.fit for exactly `epochs` epochs, the cosine period spanning them, without weight averaging.
 
     No early stopping (there is no validation data to stop on) and `ema_decay` 0: the recipe the
     figures in the README were measured with (train.py's default now averages the weights).
     Episodic training (`s.episodic`) adds the prototypical loss as train.py does.
     """
-    train.fit(model, (x, y), None, dataclasses.replace(s, t_max=epochs, ema_decay=0.0), log=lambda *_: None,
+    training.fit(model, (x, y), None, dataclasses.replace(s, t_max=epochs, ema_decay=0.0), log=lambda *_: None,
               epochs=epochs)
     return model
 
@@ -145,10 +146,10 @@ def probabilities(model, x):
 
 def synthetic_accuracy(configs, n_per_genre, epochs, seed=0, log=print):
     """name -> {"accuracy", "ci95", "n_test", "train_s"} on train.py's synthetic split."""
-    s = train.TrainSettings(n_per_genre=n_per_genre, epochs=epochs, t_max=epochs, seed=seed, ema_decay=0.0,
+    s = settings.TrainSettings(n_per_genre=n_per_genre, epochs=epochs, t_max=epochs, seed=seed, ema_decay=0.0,
                             model={"clip_seconds": CLIP_SECONDS})  # ema_decay 0: the recipe the README figures were measured with
-    data = train.load_synthetic(s)
-    splits = train.split_tracks(data.labels, [120, 30, 30], seed)
+    data = data.load_synthetic(s)
+    splits = data.split_tracks(data.labels, [120, 30, 30], seed)
     xs = normalise(*(data.features[p] for p in splits))
     ys = [torch.from_numpy(data.labels[p]).long() for p in splits]
     results = {}
@@ -156,7 +157,7 @@ def synthetic_accuracy(configs, n_per_genre, epochs, seed=0, log=print):
         torch.manual_seed(seed)
         model = MusicGenreMoE(MusicGenreMoEConfig(**cfg, **ZSCORED_INPUT))
         t0 = time.perf_counter()
-        train.fit(model, (xs[0], ys[0]), (xs[1], ys[1]), s, log=lambda *_: None)
+        training.fit(model, (xs[0], ys[0]), (xs[1], ys[1]), s, log=lambda *_: None)
         correct = int((probabilities(model, xs[2]).argmax(1) == ys[2].numpy()).sum())
         results[name] = {"accuracy": correct / len(ys[2]), "ci95": list(evaluation.wilson_interval(correct, len(ys[2]))),
                          "n_test": len(ys[2]), "train_s": time.perf_counter() - t0}
@@ -166,9 +167,9 @@ def synthetic_accuracy(configs, n_per_genre, epochs, seed=0, log=print):
 
 def load_recordings(data_dir, genres=SEED_GENRES):
     """(features (n_windows, 59), labels, tracks, track_names) of the genres' recordings, 5-s windows."""
-    paths, track_labels, _ = train.list_recordings([data_dir], ",".join(genres))
+    paths, track_labels, _ = data.list_recordings([data_dir], ",".join(genres))
     result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, progress=False)
-    return (*train.window_rows(result, track_labels), [str(paths[k]) for k in result.ok])
+    return (*data.window_rows(result, track_labels), [str(paths[k]) for k in result.ok])
 
 
 def track_folds(labels, tracks, n_folds, rng):
@@ -183,7 +184,7 @@ def track_folds(labels, tracks, n_folds, rng):
 def cv_accuracy(configs, data, epochs, repeats, n_folds=5, log=print):
     """name -> window- and track-level accuracy of track-level CV, averaged over repeats."""
     x_all, labels, tracks, _ = data
-    s = train.TrainSettings()
+    s = settings.TrainSettings()
     sums = {name: {"window": [], "track": [], "train_s": 0.0} for name in configs}
     n_windows, n_tracks = len(labels), len(np.unique(tracks))
     for r in range(repeats):

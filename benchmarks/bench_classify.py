@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import classify  # noqa: E402
+from workbench import tagging  # noqa: E402
 from features import SAMPLE_RATE  # noqa: E402
 
 GTZAN = ROOT.parent / "shared" / "data" / "gtzan-mini-dev"
@@ -43,7 +44,7 @@ def song_library(n: int, folder: Path):
     if not sources:
         import soundfile as sf
 
-        from synth import GENRE_GENERATORS, generate_clip
+        from workbench.synth import GENRE_GENERATORS, generate_clip
 
         genres = list(GENRE_GENERATORS)
         for i in range(min(n, 50)):
@@ -68,7 +69,7 @@ def benchmark_model(paths, folder: Path, model_spec=None):
         return classify.load_model(model_spec), model_spec
     import torch
 
-    from batch_features import extract_many
+    from workbench.batch import extract_many
     from configuration import MusicGenreMoEConfig
     from modeling import MusicGenreMoE
 
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
         (tmp / "songs").mkdir()
         paths, label = song_library(args.n, tmp / "songs")
         model, spec = benchmark_model(paths, tmp, args.model)
-        print(f"{args.n} songs: {label}; {classify.available_cpus()} CPUs; model {args.model or 'untrained (same cost)'}")
+        print(f"{args.n} songs: {label}; {tagging.available_cpus()} CPUs; model {args.model or 'untrained (same cost)'}")
         model.predict_audio(paths[0])  # warm-up: lazy imports and filter banks, for both methods
 
         base = paths[: args.baseline_sample] if args.baseline_sample else paths
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
 
     rows = [(f"model.predict_audio, song by song ({len(base)} timed)", len(base), b_wall, b_cpu),
             ("  the same, torch.set_num_threads(1)", len(base), b1_wall, b1_cpu),
-            (f"classify.py (pool of {args.n_jobs or classify.available_cpus()}, batched)", args.n, c_wall, c_cpu)]
+            (f"classify.py (pool of {args.n_jobs or tagging.available_cpus()}, batched)", args.n, c_wall, c_cpu)]
     report(rows)
     speed = (args.n / c_wall) / (len(base) / b_wall)
     cpu = (c_cpu / args.n) / (b_cpu / len(base))

@@ -33,9 +33,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import batch_features  # noqa: E402
+from workbench import batch as batch_features  # noqa: E402
 import features  # noqa: E402
-import synth  # noqa: E402
+from workbench import synth  # noqa: E402
 
 GTZAN = ROOT.parent / "shared" / "data" / "gtzan-mini-dev"
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import features  # noqa: E402
 import frontend  # noqa: E402
-import synth  # noqa: E402
+from workbench import synth  # noqa: E402
 
 GTZAN = ROOT.parent / "shared" / "data" / "gtzan-mini-dev"
 SECONDS = 30.0

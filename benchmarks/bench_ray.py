@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import classify  # noqa: E402
+from workbench import tagging  # noqa: E402
 from bench_classify import benchmark_model, report, song_library, time_classify  # noqa: E402
 
 
@@ -41,9 +42,9 @@ def main(argv=None) -> int:
     os.environ["RAY_worker_niceness"] = str(args.niceness)
     import ray
 
-    import ray_backend
+    from workbench import ray_backend
 
-    cpus = args.cpus or classify.available_cpus()
+    cpus = args.cpus or tagging.available_cpus()
     with tempfile.TemporaryDirectory(prefix="bench_ray_") as tmp:
         tmp = Path(tmp)
         (tmp / "songs").mkdir()

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from features import SAMPLE_RATE, reference_features  # noqa: E402
-from synth import generate_dataset  # noqa: E402
+from workbench.synth import generate_dataset  # noqa: E402
 
 
 def time_train(out, cache):

@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fewshot  # noqa: E402
+from workbench import fewshot  # noqa: E402
 import fewshot_eval  # noqa: E402
 from features import CLIP_SECONDS, SAMPLE_RATE, load_audio, resample_audio, split_windows  # noqa: E402
 from frontend import MUSICNN_SAMPLE_RATE, PATCH_FRAMES, PATCH_SAMPLES, log_mel, window_patches  # noqa: E402

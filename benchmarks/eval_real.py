@@ -23,21 +23,21 @@ genre x folder (every fold tests its share of each folder's recordings of each g
 every method's accuracy is also reported on each folder's test tracks apart (pooled over folds,
 with Wilson intervals; per repeat with ``--repeats``).
 
-Features: `train.load_folder` (features.extract_many: workers, cache; unreadable files are
+Features: `data.load_folder` (features.extract_many: workers, cache; unreadable files are
 listed and skipped), every track cut into ``clip_seconds`` windows (5 s: six per 30-s clip).
 With ``--train-args "--frontend musicnn"`` each window row also holds its 200-d musicnn embedding
 (cached), and the MoE *and* the baselines see those same rows; the MoEs start from the pretrained
 front end, so ``--predict`` runs it on new audio. ``--methods logreg,1nn`` skips the MoE (a cheap
 sweep of inputs or window lengths).
 
-MoE: the recipe of `python train.py` (train.parse_settings defaults, train.fit: AdamW, cosine
+MoE: the recipe of `python train.py` (settings.parse_settings defaults, training.fit: AdamW, cosine
 annealing, gradient clipping, early stopping on validation loss), plus any train.py flags given
 with ``--train-args``. Early stopping needs validation tracks; they come out of the training
-fold only: train.split_tracks picks a stratified share of the fold's tracks given by train.py's
+fold only: data.split_tracks picks a stratified share of the fold's tracks given by train.py's
 train:val proportions (120:30, i.e. one of four tracks per genre with five tracks per genre),
-seeded by the fold, and train.fit runs on the rest. Then (``--moe-fit refit``, the default) a
+seeded by the fold, and training.fit runs on the rest. Then (``--moe-fit refit``, the default) a
 fresh MoE is trained on *every* track of the training fold for the early-stopping epoch count
-(same optimiser and schedule, train.fit's settings): the epoch count is selected on the inner
+(same optimiser and schedule, training.fit's settings): the epoch count is selected on the inner
 validation tracks (nested), and the MoE sees as many tracks as the baselines. ``--moe-fit
 holdout`` keeps the early-stopped model trained on the smaller share instead (train.py's own
 recipe). The test fold is never used for training, stopping or normalisation. Test-track
@@ -89,9 +89,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import evaluation  # noqa: E402
-import plots  # noqa: E402
+from workbench import evaluation  # noqa: E402
+from workbench import plots  # noqa: E402
 import train  # noqa: E402
+from workbench import data, settings, training  # noqa: E402
 from configuration import MusicGenreMoEConfig  # noqa: E402
 from modeling import MusicGenreMoE  # noqa: E402
 
@@ -141,7 +142,7 @@ def train_settings(args, extra=()):
         argv += ["--n-jobs", str(args.n_jobs)]
     if args.quick:
         argv.append("--quick")
-    return train.parse_settings(argv + list(extra))
+    return settings.parse_settings(argv + list(extra))
 
 
 def track_labels_of(data):
@@ -189,7 +190,7 @@ def cv_folds(track_labels, n_folds, seed, sources=None):
 def inner_split(track_labels, train_tracks, s, seed):
     """(fit tracks, validation tracks) out of a training fold, stratified, with train.py's train:val ratio."""
     train_w, val_w = (float(v) for v in s.split.split(",")[:2])
-    fit_idx, val_idx, _ = train.split_tracks(track_labels[train_tracks], [train_w, val_w, 0.0], seed)
+    fit_idx, val_idx, _ = data.split_tracks(track_labels[train_tracks], [train_w, val_w, 0.0], seed)
     return train_tracks[fit_idx], train_tracks[val_idx]
 
 
@@ -201,7 +202,7 @@ def new_moe(s, genres, mean, std, init_state=None, seed=0):
     config = MusicGenreMoEConfig(id2label=dict(enumerate(genres)), label2id={g: i for i, g in enumerate(genres)},
                                  feature_mean=mean, feature_std=std, **s.model)
     model = MusicGenreMoE(config)
-    if config.frontend != "none":  # as train.build_model: the front end starts pretrained (predict_audio runs it)
+    if config.frontend != "none":  # as training.build_model: the front end starts pretrained (predict_audio runs it)
         model.load_pretrained_frontend()
     if init_state is not None:
         model.load_state_dict(init_state)
@@ -209,23 +210,23 @@ def new_moe(s, genres, mean, std, init_state=None, seed=0):
 
 
 def train_moe(data, fit_tracks, val_tracks, s, init_state=None, seed=0):
-    """train.fit on the fit tracks' windows, early-stopped on the validation tracks'. Returns (model, best_epoch)."""
+    """training.fit on the fit tracks' windows, early-stopped on the validation tracks'. Returns (model, best_epoch)."""
     fit_rows, val_rows = rows_of(data, fit_tracks), rows_of(data, val_tracks)
-    mean, std = train.feature_stats(data.features[fit_rows])
+    mean, std = data.feature_stats(data.features[fit_rows])
     model = new_moe(s, data.genres, mean, std, init_state, seed)
     tensors = [(torch.from_numpy(data.features[r]).float(), torch.from_numpy(data.labels[r]).long())
                for r in (fit_rows, val_rows)]  # raw features: the model z-scores with its config's stats
-    _, best_epoch = train.fit(model, tensors[0], tensors[1], s, log=lambda *_: None)
+    _, best_epoch = training.fit(model, tensors[0], tensors[1], s, log=lambda *_: None)
     return model, best_epoch
 
 
 def refit_moe(data, tracks, s, epochs, init_state=None, seed=0):
     """A fresh MoE (or one from init_state) trained on every window of `tracks` for `epochs` epochs."""
     rows = rows_of(data, tracks)
-    mean, std = train.feature_stats(data.features[rows])
+    mean, std = data.feature_stats(data.features[rows])
     model = new_moe(s, data.genres, mean, std, init_state, seed)
     x, y = torch.from_numpy(data.features[rows]).float(), torch.from_numpy(data.labels[rows]).long()
-    train.fit(model, (x, y), None, s, log=lambda *_: None, epochs=epochs)  # fixed epochs, no validation
+    training.fit(model, (x, y), None, s, log=lambda *_: None, epochs=epochs)  # fixed epochs, no validation
     return model
 
 
@@ -241,7 +242,7 @@ def logreg_window_probs(x_train, y_train, x_test, n_classes, seed=0):
     """(n_test, n_classes) probabilities of a multinomial logistic regression on z-scored windows."""
     from sklearn.linear_model import LogisticRegression
 
-    mean, std = train.feature_stats(x_train)
+    mean, std = data.feature_stats(x_train)
     clf = LogisticRegression(max_iter=5000, random_state=seed).fit((x_train - mean) / std, y_train)
     probs = np.zeros((len(x_test), n_classes))
     probs[:, clf.classes_] = clf.predict_proba((x_test - mean) / std)
@@ -256,7 +257,7 @@ def nn1_track_scores(x_train, y_train, x_test, test_track_ids, n_classes):
     minus the distance of the tied genre's closest window) so that argmax picks the tied genre
     with the single closest match.
     """
-    mean, std = train.feature_stats(x_train)
+    mean, std = data.feature_stats(x_train)
     a, b = (x_train - mean) / std, (x_test - mean) / std
     d = np.sqrt(np.maximum((b ** 2).sum(1)[:, None] + (a ** 2).sum(1)[None, :] - 2 * b @ a.T, 0.0))
     nearest = d.argmin(1)
@@ -367,7 +368,7 @@ def summarise(r, genres, sources=None, source_names=()):
 
 
 def synthetic_genres(genres):
-    from synth import GENRE_GENERATORS
+    from workbench.synth import GENRE_GENERATORS
 
     return [g for g in genres if g in GENRE_GENERATORS]
 
@@ -476,7 +477,7 @@ def main(argv=None, log=print):
 def evaluate(args, argv, log):
     t_start = time.perf_counter()
     s = train_settings(args)
-    data = train.load_folder(s)
+    data = data.load_folder(s)
     genres = data.genres
     n_genres = len(genres)
     out = Path(args.out or ROOT / "runs" / "eval_real" / f"{'+'.join(Path(d).name for d in args.data_dir)}-{n_genres}genres")
@@ -494,7 +495,7 @@ def evaluate(args, argv, log):
                   f"{len(track_labels)} recordings"
                   + (f" (strata: genre x folder; {', '.join(f'{n} {int((sources == i).sum())}' for i, n in enumerate(source_names))})"
                      if multi else "")
-                  + "; MoE validation tracks: train.split_tracks of each training fold "
+                  + "; MoE validation tracks: data.split_tracks of each training fold "
                   f"with train:val {s.split.split(',')[0]}:{s.split.split(',')[1]} (seed {args.seed}+fold)"
                   + ("; then refit on the whole training fold for the early-stopping epoch count"
                      if args.moe_fit == "refit" else "; early-stopped model kept (holdout)"))

@@ -51,7 +51,7 @@ The pretrained front end (``--frontend musicnn``)
 Rows are the 59 features then the window's 200-d musicnn embedding (`extract_many(...,
 frontend="musicnn")`, cached). Methods: ``raw euclidean`` (the baseline every difference is taken
 to, paired: same episodes and queries) and ``raw logreg``; ``musicnn`` the embedding z-scored with
-the train genres' `train.feature_stats` (Euclidean = prototype_space "frontend"; cosine; centred
+the train genres' `data.feature_stats` (Euclidean = prototype_space "frontend"; cosine; centred
 cosine), ``musicnn l2`` the embedding L2-normalised without z-scoring (cosine), ``musicnn logreg``;
 ``concat`` all 259 z-scored values (Euclidean = prototype_space "features" of a musicnn model;
 cosine; logreg); ``mlp fused euclidean``, the fused expert embedding of a MoE trained on the 259
@@ -73,13 +73,13 @@ With gtzan-short-dev's excerpts added as more recordings (two folders, ``--shot-
 The model's own path (``--model-path``)
 ---------------------------------------
 Rows ``model SPACE METRIC`` run what a trained model does, not a re-implementation: the model
-`train.build_model` makes for the train genres (their `train.feature_stats`, ``--prototype-space``
+`training.build_model` makes for the train genres (their `data.feature_stats`, ``--prototype-space``
 / ``--prototype-metric`` as given, or train.py's defaults for the front end), ``add_genre`` per
 class from the raw support rows, then its prototype scores of the raw queries (``predict``'s
 `_prototype_scores` of `fewshot_embed`), 5-way. With ``--frontend musicnn`` the default row is
 train.py's musicnn default, ``model frontend_raw cosine``: the development choice above, which
 scores exactly as ``musicnn l2``. ``--clip-seconds 6`` gives the windows real-data training uses
-(`train.REAL_DATA`; a 30-s clip gives 5). Held out, run once (README, "Few-shot genres in the
+(`settings.REAL_DATA`; a 30-s clip gives 5). Held out, run once (README, "Few-shot genres in the
 musicnn space"): on gtzan-mini-dev, 0.710 / 0.815 against raw euclidean's 0.617 / 0.785, 5-shot
 +0.030 (recording CI -0.106 to +0.166): the +5-point target missed.
 """
@@ -98,10 +98,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fewshot  # noqa: E402
+from workbench import fewshot  # noqa: E402
 import train  # noqa: E402
+from workbench import data, settings, training  # noqa: E402
 from ablation_experts import train_fixed_epochs  # noqa: E402
-from batch_features import extract_many  # noqa: E402
+from workbench.batch import extract_many  # noqa: E402
 from configuration import MusicGenreMoEConfig  # noqa: E402
 from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE  # noqa: E402
 from modeling import MusicGenreMoE  # noqa: E402
@@ -135,7 +136,7 @@ def train_embedder(x, y, config_kwargs, episodic, epochs, seed, genres):
     config = MusicGenreMoEConfig(id2label=dict(enumerate(genres)), label2id={g: i for i, g in enumerate(genres)},
                                  feature_mean=[0.0] * width, feature_std=[1.0] * width, **config_kwargs)
     model = MusicGenreMoE(config)
-    s = train.TrainSettings(seed=seed, episodic=episodic)
+    s = settings.TrainSettings(seed=seed, episodic=episodic)
     train_fixed_epochs(model, x, y, epochs, s)  # s.episodic adds the prototypical loss
     return model.eval()
 
@@ -153,16 +154,16 @@ def load_pool(data_dirs, genres, frontend="none", clip_seconds=CLIP_SECONDS):
     with frontend="musicnn" each row is the 59 features then the window's 200-d musicnn embedding.
     `starts[t]` are the first samples (22,050 Hz) of track t's kept windows.
     """
-    paths, path_labels, _ = train.list_recordings(data_dirs, ",".join(genres))  # merged by genre, in this order
+    paths, path_labels, _ = data.list_recordings(data_dirs, ",".join(genres))  # merged by genre, in this order
     result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=clip_seconds, progress=False,
                           frontend=None if frontend == "none" else frontend)
-    feats, labels, tracks = train.window_rows(result, path_labels)
+    feats, labels, tracks = data.window_rows(result, path_labels)
     return feats, labels, tracks, [str(paths[k]) for k in result.ok], list(result.starts)
 
 
 def zscore(x_train, *others):
-    """Rows z-scored with the train rows' `train.feature_stats` (what a trained model's config holds)."""
-    mean, std = train.feature_stats(x_train)
+    """Rows z-scored with the train rows' `data.feature_stats` (what a trained model's config holds)."""
+    mean, std = data.feature_stats(x_train)
     return [torch.from_numpy((x - mean) / std).float() for x in (x_train, *others)]
 
 
@@ -189,7 +190,7 @@ def embeddings(model, x):
 def model_path_model(x_tr, genres, frontend, space_metric=None, clip_seconds=CLIP_SECONDS):
     """The model train.py would build for the train genres, to run its own few-shot path.
 
-    `train.build_model` with the train genres' `train.feature_stats` (what a trained model's config
+    `training.build_model` with the train genres' `data.feature_stats` (what a trained model's config
     holds) and `--prototype-space` / `--prototype-metric` from `space_metric` ("space:metric"), or
     train.py's defaults for this front end when None. Its MoE weights stay untrained: the spaces
     allowed here ("features", "frontend", "frontend_raw") read only the inputs and the stats.
@@ -198,11 +199,11 @@ def model_path_model(x_tr, genres, frontend, space_metric=None, clip_seconds=CLI
     if space_metric:
         space, metric = space_metric.split(":")
         flags += ["--prototype-space", space, "--prototype-metric", metric]
-    s = train.parse_settings(flags)
+    s = settings.parse_settings(flags)
     if s.model["prototype_space"] == "embedding":
         raise ValueError("--model-path: the 'embedding' space needs a trained MoE; use the --variants rows")
-    mean, std = train.feature_stats(x_tr)
-    return train.build_model(genres, mean, std, s).eval()
+    mean, std = data.feature_stats(x_tr)
+    return training.build_model(genres, mean, std, s).eval()
 
 
 def model_episode_accuracy(model, x_raw, episode):
@@ -323,9 +324,9 @@ def parse_args(argv=None):
                    help="a shot is one window (default) or one whole recording (needs K + 1 recordings per genre)")
     p.add_argument("--clip-seconds", type=float, default=CLIP_SECONDS,
                    help=f"window length (default {CLIP_SECONDS:g} s, what the earlier figures used; real-data "
-                        f"training uses train.REAL_DATA's {train.REAL_DATA['clip_seconds']:g} s)")
+                        f"training uses settings.REAL_DATA's {settings.REAL_DATA['clip_seconds']:g} s)")
     p.add_argument("--model-path", default=None,
-                   help="rows 'model SPACE METRIC': the model's own few-shot path (train.build_model, add_genre, "
+                   help="rows 'model SPACE METRIC': the model's own few-shot path (training.build_model, add_genre, "
                         "its prototype scores) for each comma-separated SPACE:METRIC, e.g. frontend_raw:cosine "
                         "('' for none; default: train.py's defaults for the front end with --frontend musicnn, "
                         "none without)")
@@ -363,7 +364,7 @@ def feature_methods(x_tr, y_tr, x_te, alpha=1.0, frontend="none"):
     """The training-free methods: name -> spec for `score_methods`, and the z-scored test rows.
 
     x_tr, x_te: raw rows (59, or 59 + 200 with musicnn) of the train and test genres. Each space is
-    z-scored with the train genres' stats (`train.feature_stats`), as a trained model's config does:
+    z-scored with the train genres' stats (`data.feature_stats`), as a trained model's config does:
     ``raw`` the 59 features (prototype_space "features" of a model without a front end), ``musicnn``
     the 200-d embedding alone (prototype_space "frontend"), ``concat`` all 259 (prototype_space
     "features" of a musicnn model); ``musicnn l2`` is the embedding L2-normalised without z-scoring.

@@ -13,7 +13,7 @@ import soundfile as sf
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from synth import SAMPLE_RATE, generate_clip  # noqa: E402
+from workbench.synth import SAMPLE_RATE, generate_clip  # noqa: E402
 
 
 def main():

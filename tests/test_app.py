@@ -19,9 +19,9 @@ import pytest
 import soundfile as sf
 
 import app
-import plots
+from workbench import plots
 import train
-from synth import SAMPLE_RATE, generate_clip
+from workbench.synth import SAMPLE_RATE, generate_clip
 
 SCREENSHOT = Path("/tmp/app-screenshot.png")
 TIMEOUT = 90  # seconds for one classification on a loaded 2-core machine (first call pays numba's JIT)
@@ -31,11 +31,8 @@ TIMEOUT = 90  # seconds for one classification on a loaded 2-core machine (first
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("app_run")
-    train.main(["--quick", "--n-per-genre", "6", "--split", "4,1,1", "--epochs", "5", "--n-jobs", "1",
-                "--no-plots", "--out", str(out)], log=lambda *a, **k: None)
-    return out
+def run_dir(quick_run):
+    return quick_run
 
 
 @pytest.fixture(scope="module")

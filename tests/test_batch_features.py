@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import batch_features as B
+from workbench import batch as B
 import features as F
-import synth
+from workbench import synth
 
 SR = F.SAMPLE_RATE
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +176,7 @@ def test_fifo_and_dev_zero_fail_fast_with_the_cache_on(tmp_path, n_jobs):
     # In a child with a timeout: before the fix, hashing the FIFO blocked forever (and /dev/zero
     # never ended).
     out = run_python(f"""
-        import batch_features as B
+        from workbench import batch as B
         res = B.extract_many([{str(fifo)!r}, "/dev/zero", {str(zero_link)!r}, {str(good)!r}, {str(tmp_path)!r}],
                              n_jobs={n_jobs}, cache_dir={str(tmp_path / "cache")!r}, progress=False)
         print("OK", res.ok)
@@ -224,7 +224,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
         import numpy as np
-        import batch_features as B
+        from workbench import batch as B
 
         def slow(*args, **kwargs):  # a slow input: each source takes minutes
             time.sleep(600)

@@ -23,11 +23,12 @@ import soundfile as sf
 import torch
 
 import classify
-from batch_features import extract_many
+from workbench import hub_export, tagging  # noqa: E402
+from workbench.batch import extract_many
 from configuration import MusicGenreMoEConfig
 from features import SAMPLE_RATE, AudioError, load_audio
 from modeling import MusicGenreMoE
-from synth import generate_clip
+from workbench.synth import generate_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 GENRES = ["jazz", "blues", "rock", "pop", "classical"]
@@ -221,7 +222,7 @@ def test_jsonl_holds_every_window(reference):
 def test_timeline_png_per_song(reference):
     pngs = sorted((reference / "png").iterdir())
     rows = read_rows(reference / "p.csv")
-    assert {p.name for p in pngs} == {classify.timeline_name(r["path"]) for r in rows}
+    assert {p.name for p in pngs} == {tagging.timeline_name(r["path"]) for r in rows}
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -319,7 +320,7 @@ def test_every_model_source_gives_the_same_rows(reference, library, run_dir, tmp
 
     exported = tmp_path / "export"
     exported.mkdir()
-    upload_to_hub.write_model_folder(model, exported)
+    hub_export.write_model_folder(model, exported)
     some = [library / "jazz", library / "short.wav"]
     expected = [r for r in read_rows(reference / "p.csv") if "/jazz/" in r["path"] or r["path"].endswith("short.wav")]
     for i, src in enumerate([run_dir / "hf_model", run_dir / "moe_genre_checkpoint.pt", exported]):
@@ -360,7 +361,7 @@ def test_a_model_with_the_pretrained_front_end(library, run_dir, tmp_path):
 def local_ray():
     """One local Ray with 2 CPUs for the module (classify and extract_many_ray reuse it)."""
     import ray
-    import ray_backend
+    from workbench import ray_backend
 
     started = ray_backend.init_ray(num_cpus=2)
     yield ray_backend

@@ -18,8 +18,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import synth  # noqa: E402
+from workbench import synth  # noqa: E402
 import upload_to_hub  # noqa: E402
+from workbench import hub_export  # noqa: E402
 from configuration import MusicGenreMoEConfig  # noqa: E402
 from features import N_FEATURES, SAMPLE_RATE, AudioError, as_mono_waveform, extract_windows  # noqa: E402
 from modeling import MusicGenreMoE, load_moe_model, predict_audio_file, pretty_predict  # noqa: E402
@@ -44,7 +45,7 @@ def model():
 @pytest.fixture(scope="module")
 def export_dir(model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("contract") / "model"
-    upload_to_hub.write_model_folder(model, folder)
+    hub_export.write_model_folder(model, folder)
     return folder
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import evaluation
+from workbench import evaluation
 
 
 def test_temperature_is_not_fitted_on_a_validation_split_without_errors():

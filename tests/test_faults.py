@@ -26,10 +26,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import atomic_files  # noqa: E402
+from workbench import atomic_files  # noqa: E402
 import train  # noqa: E402
+from workbench import data, runs, settings, training  # noqa: E402
 import upload_to_hub  # noqa: E402
-from batch_features import ExtractionResult  # noqa: E402
+from workbench.batch import ExtractionResult  # noqa: E402
 
 SR = 22050
 FAST = ["--quick", "--n-per-genre", "8", "--epochs", "3", "--patience", "3", "--cache-dir", "none", "--n-jobs", "1",
@@ -124,7 +125,7 @@ def partials(folder, kind):
 ])
 def test_out_of_range_flags_are_one_line_errors(args, fragment, capsys):
     with pytest.raises(SystemExit) as e:
-        train.parse_settings(args)
+        settings.parse_settings(args)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0] and "error" in err[0], err
@@ -135,8 +136,8 @@ def test_help_gives_each_flag_a_sentence_choices_and_unit():
                        timeout=120, cwd=ROOT)
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
-    flags = [f.name for f in train.dataclasses.fields(train.TrainSettings) if f.name != "model"]
-    flags += list(train.MODEL_FLAGS)
+    flags = [f.name for f in train.dataclasses.fields(settings.TrainSettings) if f.name != "model"]
+    flags += list(settings.MODEL_FLAGS)
     for name in flags:
         flag = "--" + name.replace("_", "-")
         at = re.search(re.escape(flag) + r"[ ,]", text[text.index("options:"):]).start() + text.index("options:")
@@ -150,7 +151,7 @@ def test_help_gives_each_flag_a_sentence_choices_and_unit():
 def test_out_naming_a_file_is_refused_before_extraction(tmp_path, refuse_extraction):
     target = tmp_path / "notes.txt"
     target.write_text("mine")
-    with pytest.raises(train.SettingsError, match="is a file"):
+    with pytest.raises(settings.SettingsError, match="is a file"):
         train.main(["--out", str(target), *FAST], log=quiet)
     assert target.read_text() == "mine"
     code, err = cli(["--out", str(target / "run"), *FAST])
@@ -161,7 +162,7 @@ def test_existing_run_is_refused_without_overwrite(tmp_path, refuse_extraction):
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.json").write_text("{}")
-    with pytest.raises(train.SettingsError, match="--overwrite"):
+    with pytest.raises(settings.SettingsError, match="--overwrite"):
         train.main(["--out", str(out), *FAST], log=quiet)
     assert (out / "metrics.json").read_text() == "{}"
 
@@ -173,14 +174,14 @@ def test_existing_run_is_refused_without_overwrite(tmp_path, refuse_extraction):
     (["--num-experts-per-tok", "9"], "num_experts_per_tok"),
 ])
 def test_synthetic_data_that_cannot_make_a_run_is_refused_up_front(args, fragment, tmp_path, refuse_extraction):
-    with pytest.raises(train.SettingsError, match=fragment):
+    with pytest.raises(settings.SettingsError, match=fragment):
         train.main(["--out", str(tmp_path / "run"), *FAST, *args], log=quiet)
     assert not (tmp_path / "run").exists() and partials(tmp_path, "run") == []
 
 
 def test_data_folders_that_cannot_make_a_run_are_refused_up_front(tmp_path, refuse_extraction):
     def refused(folder, fragment):
-        with pytest.raises((train.SettingsError, FileNotFoundError)) as e:
+        with pytest.raises((settings.SettingsError, FileNotFoundError)) as e:
             train.main(["--data-dir", str(folder), "--out", str(tmp_path / "run"), *FAST], log=quiet)
         message = str(e.value)
         assert fragment in message and "\n" not in message, message
@@ -219,7 +220,7 @@ def test_overwrite_replaces_the_whole_run(tmp_path, fast_extraction):
 
 def test_out_filled_during_training_keeps_both(tmp_path, fast_extraction, monkeypatch):
     out = tmp_path / "run"
-    real = train.train_and_write
+    real = runs.train_and_write
 
     def meanwhile(*a, **k):
         m = real(*a, **k)
@@ -228,7 +229,7 @@ def test_out_filled_during_training_keeps_both(tmp_path, fast_extraction, monkey
         return m
 
     monkeypatch.setattr(train, "train_and_write", meanwhile)
-    with pytest.raises(train.SettingsError, match="kept in") as e:
+    with pytest.raises(settings.SettingsError, match="kept in") as e:
         train.main(["--out", str(out), "--no-plots", *FAST], log=quiet)
     kept = Path(str(e.value).rsplit("kept in ", 1)[1])
     assert (kept / "metrics.json").is_file() and (out / "theirs.txt").read_text() == "another run's file"
@@ -236,14 +237,14 @@ def test_out_filled_during_training_keeps_both(tmp_path, fast_extraction, monkey
 
 
 def test_nan_metric_is_an_error_naming_it_and_nothing_is_written(tmp_path, fast_extraction, monkeypatch):
-    real = train.evaluation.classification_metrics
+    real = training.evaluation.classification_metrics
 
     def with_nan(*a, **k):
         m = real(*a, **k)
         m["macro_f1"] = float("nan")
         return m
 
-    monkeypatch.setattr(train.evaluation, "classification_metrics", with_nan)
+    monkeypatch.setattr(training.evaluation, "classification_metrics", with_nan)
     with pytest.raises(ValueError, match="macro_f1"):
         train.main(["--out", str(tmp_path / "run"), "--no-plots", *FAST], log=quiet)
     assert not (tmp_path / "run").exists() and partials(tmp_path, "run") == []
@@ -287,9 +288,9 @@ def test_a_failed_save_leaves_no_truncated_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", dies_half_way)
-    s = train.parse_settings([])
+    s = settings.parse_settings([])
     with pytest.raises(OSError):
-        train.save_run(tmp_path, model, s, {"test_accuracy": 1.0}, {}, np.zeros(59), np.ones(59), genres)
+        runs.save_run(tmp_path, model, s, {"test_accuracy": 1.0}, {}, np.zeros(59), np.ones(59), genres)
     monkeypatch.setattr(torch, "save", real_save)
     assert [p.name for p in tmp_path.iterdir()] == []
 
@@ -304,7 +305,7 @@ def test_write_json_refuses_nan_and_keeps_the_old_file(tmp_path):
 
 def test_figures_are_written_atomically(tmp_path, monkeypatch):
     import matplotlib.figure
-    import plots
+    from workbench import plots
 
     path = tmp_path / "confusion_matrix.png"
     path.write_bytes(b"old figure")
@@ -335,7 +336,7 @@ def test_killed_training_leaves_no_half_run_and_the_next_run_cleans_up(tmp_path,
         import sys
         sys.path[:0] = [{str(ROOT)!r}, {str(Path(__file__).parent)!r}]
         import train, test_faults
-        train.extract_many = test_faults.fake_extract_many
+        data.extract_many = test_faults.fake_extract_many
         train.main(["--out", {str(out)!r}, "--quick", "--n-per-genre", "8", "--epochs", "100000", "--patience",
                     "100000", "--cache-dir", "none", "--n-jobs", "1"], log=lambda *a: print(*a, flush=True))
     """))

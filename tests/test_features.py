@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import batch_features as B
+from workbench import batch as B
 import features as F
-import synth
+from workbench import synth
 
 SR = F.SAMPLE_RATE
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fewshot
+from workbench import fewshot
 import train
+from workbench import data, settings, training  # noqa: E402
 from configuration import MusicGenreMoEConfig
 from modeling import MusicGenreMoE
 
@@ -192,7 +193,7 @@ def audio_model(tmp_path_factory):
     import soundfile
 
     from features import extract_windows
-    from synth import generate_clip
+    from workbench.synth import generate_clip
 
     folder = tmp_path_factory.mktemp("fewshot_audio")
     rng = np.random.default_rng(0)
@@ -254,20 +255,20 @@ def test_prototypes_survive_save_pretrained_and_from_pretrained(audio_model, tmp
 
 
 def test_episodic_flag_adds_the_prototypical_loss():
-    s = train.parse_settings(["--episodic", "--proto-weight", "0.5", "--epochs", "3", "--patience", "5"])
+    s = settings.parse_settings(["--episodic", "--proto-weight", "0.5", "--epochs", "3", "--patience", "5"])
     assert s.episodic and s.proto_weight == 0.5
-    assert not train.parse_settings([]).episodic
+    assert not settings.parse_settings([]).episodic
     torch.manual_seed(0)
     x = torch.randn(80, 59)
     y = torch.arange(80) % 5
     x[:, :5] += 2 * F.one_hot(y, 5)  # a learnable signal
     model = MusicGenreMoE(MusicGenreMoEConfig(**TINY, feature_mean=np.zeros(59), feature_std=np.ones(59)))
-    history, best_epoch = train.fit(model, (x[:60], y[:60]), (x[60:], y[60:]), s, log=lambda *_: None)
+    history, best_epoch = training.fit(model, (x[:60], y[:60]), (x[60:], y[60:]), s, log=lambda *_: None)
     assert len(history["train_proto_loss"]) == 3 and 1 <= best_epoch <= 3
     assert all(np.isfinite(history["val_proto_loss"]))
     # the logged loss is the model's loss plus the weighted prototypical term
     model.eval()
-    terms = train.run_epoch(model, x[60:], y[60:], batch_size=512, proto_weight=0.5)
+    terms = training.run_epoch(model, x[60:], y[60:], batch_size=512, proto_weight=0.5)
     out = model(x[60:], labels=y[60:])
     proto = fewshot.batch_prototypical_loss(out.embedding, y[60:])
     assert terms["loss"] == pytest.approx((out.loss + 0.5 * proto).item(), rel=1e-5)
@@ -417,20 +418,20 @@ def test_frontend_raw_space_is_the_embedding_not_z_scored(tmp_path):
 
 
 def test_train_flag_and_front_end_defaults_for_the_prototype_metric():
-    s = train.parse_settings([])
+    s = settings.parse_settings([])
     assert (s.model["prototype_space"], s.model["prototype_metric"]) == ("features", "euclidean")
-    s = train.parse_settings(["--frontend", "musicnn"])
+    s = settings.parse_settings(["--frontend", "musicnn"])
     assert (s.model["prototype_space"], s.model["prototype_metric"]) == ("frontend_raw", "cosine")
-    s = train.parse_settings(["--data-dir", "x"])  # real data: musicnn (train.REAL_DATA), so its few-shot space
+    s = settings.parse_settings(["--data-dir", "x"])  # real data: musicnn (settings.REAL_DATA), so its few-shot space
     assert (s.model["frontend"], s.model["prototype_metric"]) == ("musicnn", "cosine")
-    s = train.parse_settings(["--data-dir", "x", "--frontend", "none"])
+    s = settings.parse_settings(["--data-dir", "x", "--frontend", "none"])
     assert (s.model["prototype_space"], s.model["prototype_metric"]) == ("features", "euclidean")
-    s = train.parse_settings(["--frontend", "musicnn", "--prototype-metric", "euclidean",
+    s = settings.parse_settings(["--frontend", "musicnn", "--prototype-metric", "euclidean",
                               "--prototype-space", "features"])  # given flags win
     assert (s.model["prototype_space"], s.model["prototype_metric"]) == ("features", "euclidean")
-    assert train.parse_settings(["--prototype-metric", "cosine"]).model["prototype_metric"] == "cosine"
+    assert settings.parse_settings(["--prototype-metric", "cosine"]).model["prototype_metric"] == "cosine"
     with pytest.raises(SystemExit):
-        train.parse_settings(["--prototype-metric", "manhattan"])
+        settings.parse_settings(["--prototype-metric", "manhattan"])
 
 
 # -- benchmarks/fewshot_eval.py (musicnn spaces, paired differences) and benchmarks/conv_kan.py ----------
@@ -458,7 +459,7 @@ def test_fewshot_eval_musicnn_spaces_and_paired_differences():
     assert {"raw euclidean", "raw logreg", fe.MUSICNN_PRIMARY, "musicnn l2 (cosine, not z-scored)",
             "concat euclidean", "concat logreg"} <= set(methods)
     assert z_te.shape == (len(labels), 59) and methods["concat euclidean"][0][0].shape == (len(labels), 259)
-    mean, std = train.feature_stats(x[:, 59:])
+    mean, std = data.feature_stats(x[:, 59:])
     np.testing.assert_allclose(methods["musicnn euclidean"][0][0].numpy(), (x[:, 59:] - mean) / std, rtol=1e-5, atol=1e-5)
     episodes = fe.draw_episodes(labels, tracks, 5, 2, 3, 20, "window")
     keep = {n: methods[n] for n in ("raw euclidean", "musicnn euclidean", fe.MUSICNN_PRIMARY, "musicnn logreg")}
@@ -474,7 +475,7 @@ def test_fewshot_eval_musicnn_spaces_and_paired_differences():
     # recording shots: whole recordings in the prototype
     ep = fe.draw_episodes(labels, tracks, 5, 2, 3, 1, "recording")[0]
     assert len(ep.support) == 5 * 2 * 6
-    # the model's own path (train.build_model + add_genre + its prototype scores), train.py's musicnn
+    # the model's own path (training.build_model + add_genre + its prototype scores), train.py's musicnn
     # default, scores exactly as the "musicnn l2" row
     model = fe.model_path_model(x, ["a", "b", "c", "d", "e"], "musicnn")
     assert (model.config.prototype_space, model.config.prototype_metric) == ("frontend_raw", "cosine")

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import upload_to_hub  # noqa: E402
+from workbench import hub_export  # noqa: E402
 from hub_server import HubServer  # noqa: E402
 
 TOKEN = "hf_TESTtoken0123456789abcdef"
@@ -33,16 +34,6 @@ HIDDEN_LIBS = ("librosa", "soundfile", "scipy", "sklearn")
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory):
-    """A real `train.py --quick` run folder."""
-    import train
-
-    out = tmp_path_factory.mktemp("quick_run")
-    train.main(["--quick", "--out", str(out)], log=lambda *a, **k: None)
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -55,11 +46,9 @@ def export_dir(quick_run, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_model(quick_run):
     """The trained model, rebuilt from the run's checkpoint (not from the export)."""
-    from configuration import MusicGenreMoEConfig
-    from modeling import MusicGenreMoE
+    from modeling import load_moe_model
 
-    return upload_to_hub._model_from_checkpoint(
-        quick_run / "moe_genre_checkpoint.pt", MusicGenreMoEConfig, MusicGenreMoE).eval()
+    return load_moe_model(quick_run / "moe_genre_checkpoint.pt")[0].eval()
 
 
 def clean_env(tmp_path, **extra):
@@ -101,7 +90,7 @@ def test_export_holds_every_file_with_real_stats(export_dir, quick_run):
         assert name in files, name
     if (ROOT / "walkthrough.ipynb").is_file():
         assert "walkthrough.ipynb" in files
-    for name in upload_to_hub.code_files():
+    for name in hub_export.code_files():
         assert (export_dir / name).read_bytes() == (ROOT / name).read_bytes(), name
 
     config = json.loads((export_dir / "config.json").read_text())
@@ -173,7 +162,7 @@ def real_metrics(name="gtzan-mini-dev", n_tracks=25, correct=21, cv=None):
 
 def build_card(metrics, figures=()):
     from configuration import MusicGenreMoEConfig
-    from model_card import build_model_card
+    from workbench.model_card import build_model_card
 
     genres = metrics["dataset"]["genres"]
     config = MusicGenreMoEConfig(id2label=dict(enumerate(genres)), label2id={g: i for i, g in enumerate(genres)})
@@ -208,7 +197,7 @@ def test_card_states_data_terms_hyperparameters_and_only_existing_figures():
 
 
 def test_default_config_json_is_current(tmp_path):
-    written = upload_to_hub.write_default_config(tmp_path / "config.json")
+    written = hub_export.write_default_config(tmp_path / "config.json")
     assert json.loads((ROOT / "config.json").read_text()) == json.loads(written.read_text()), \
         "config.json is stale: run `python upload_to_hub.py --write-default-config`"
     assert set(json.loads(written.read_text())["auto_map"]) == {
@@ -221,7 +210,7 @@ def test_default_config_json_is_current(tmp_path):
 def write_audio_files(folder, sr=44100):
     """A 12-s synthetic jazz clip as WAV, FLAC, OGG and MP3 at 44.1 kHz (so loading must resample)."""
     import soundfile as sf
-    from synth import generate_clip
+    from workbench.synth import generate_clip
 
     y = 0.8 * generate_clip("jazz", np.random.default_rng(1), sr=sr, duration=12.0)
     paths = {}
@@ -407,7 +396,7 @@ def test_push_sends_one_commit_with_every_file(quick_run, export_dir, tmp_path):
     assert f'from_pretrained("{REPO}"'.encode() in pushed.pop("README.md")
     exported.pop("README.md")
     if "walkthrough.ipynb" in exported:  # the notebook's default REPO_ID names the repo pushed to, too
-        placeholder = upload_to_hub.NOTEBOOK_REPO_PLACEHOLDER.encode()
+        placeholder = hub_export.NOTEBOOK_REPO_PLACEHOLDER.encode()
         assert pushed.pop("walkthrough.ipynb") == exported.pop("walkthrough.ipynb").replace(placeholder, REPO.encode())
     assert pushed == exported
     assert (export_dir / "model.safetensors").read_bytes() in state.lfs_objects.values()  # went through LFS

@@ -14,9 +14,10 @@ import pytest
 import soundfile as sf
 
 import train
+from workbench import data, settings  # noqa: E402
 from features import SAMPLE_RATE, split_windows
 from modeling import MusicGenreMoE
-from synth import generate_clip
+from workbench.synth import generate_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -58,7 +59,7 @@ def run(folder, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(folder):
-    return train.load_folder(train.parse_settings(["--data-dir", str(folder), "--cache-dir", "none", "--n-jobs", "2",
+    return data.load_folder(settings.parse_settings(["--data-dir", str(folder), "--cache-dir", "none", "--n-jobs", "2",
                                                    *FEATURES_ONLY]))
 
 
@@ -76,7 +77,7 @@ def test_every_format_is_read_and_cut_into_windows(data, folder):
 
 def test_split_never_leaks_a_track(data):
     track_labels = eval_real.track_labels_of(data)
-    parts = train.split_tracks(track_labels, [120, 30, 30], seed=0)
+    parts = data.split_tracks(track_labels, [120, 30, 30], seed=0)
     assert all(len(p) > 0 for p in parts)
     assert sorted(np.concatenate(parts).tolist()) == list(range(len(track_labels)))
     side = np.full(len(data.labels), -1)
@@ -88,7 +89,7 @@ def test_split_never_leaks_a_track(data):
     folds = eval_real.cv_folds(track_labels, 5, seed=0)
     tested = np.concatenate([te for _, te in folds])
     assert sorted(tested.tolist()) == list(range(len(track_labels)))
-    s = train.parse_settings([])
+    s = settings.parse_settings([])
     for f, (tr, te) in enumerate(folds):
         assert not set(tr) & set(te)
         fit, val = eval_real.inner_split(track_labels, tr, s, seed=f)
@@ -154,7 +155,7 @@ def test_eval_real_sim_to_real_and_pretraining(folder, tmp_path):
 
 @pytest.mark.skipif(not (SHARED_DATA / "gtzan-mini-dev").is_dir(), reason="shared GTZAN clips absent")
 def test_gtzan_folder_lists_five_recordings_per_genre():
-    paths, labels, genres = train.list_recordings(SHARED_DATA / "gtzan-mini-dev", "blues,classical,jazz,pop,rock")
+    paths, labels, genres = data.list_recordings(SHARED_DATA / "gtzan-mini-dev", "blues,classical,jazz,pop,rock")
     assert genres == ["blues", "classical", "jazz", "pop", "rock"]
     assert np.bincount(labels).tolist() == [5] * 5 and all(p.suffix == ".wav" for p in paths)
 
@@ -166,21 +167,21 @@ def test_several_data_dirs_merge_by_genre_name(tmp_path):
         for g in genres:
             (tmp_path / root / g).mkdir(parents=True)
             (tmp_path / root / g / f"{root}-{g}.wav").write_bytes(b"")
-    s = train.parse_settings(["--data-dir", str(tmp_path / "a"), "--data-dir", str(tmp_path / "b")])
+    s = settings.parse_settings(["--data-dir", str(tmp_path / "a"), "--data-dir", str(tmp_path / "b")])
     assert s.data_dir == [str(tmp_path / "a"), str(tmp_path / "b")]
-    paths, labels, genres = train.list_recordings(s.data_dir)
+    paths, labels, genres = data.list_recordings(s.data_dir)
     assert genres == ["jazz", "pop", "rock"]
     assert sorted(p.name for p, label in zip(paths, labels) if genres[label] == "rock") == ["a-rock.wav", "b-rock.wav"]
-    assert train.public_settings(s)["data_dir"] == ["a", "b"]
+    assert settings.public_settings(s)["data_dir"] == ["a", "b"]
 
 
 def test_ray_flag_sends_the_folder_extraction_to_ray(tmp_path, monkeypatch):
-    import batch_features
-    import ray_backend
+    from workbench import batch as batch_features
+    from workbench import ray_backend
     import train
 
-    assert train.parse_settings(["--ray"]).ray == "local" and train.parse_settings([]).ray is None
-    assert train.parse_settings(["--ray", "10.0.0.1:6379"]).ray == "10.0.0.1:6379"
+    assert settings.parse_settings(["--ray"]).ray == "local" and settings.parse_settings([]).ray is None
+    assert settings.parse_settings(["--ray", "10.0.0.1:6379"]).ray == "10.0.0.1:6379"
     for g in ("jazz", "rock"):
         (tmp_path / g).mkdir()
         for i in range(3):
@@ -194,18 +195,18 @@ def test_ray_flag_sends_the_folder_extraction_to_ray(tmp_path, monkeypatch):
                                            clip_seconds=kwargs["clip_seconds"], frontend=kwargs["frontend"])
 
     monkeypatch.setattr(ray_backend, "extract_many_ray", on_ray)
-    s = train.parse_settings(["--data-dir", str(tmp_path), "--ray", "auto", "--cache-dir", "none", *FEATURES_ONLY])
-    data = train.load_folder(s)
+    s = settings.parse_settings(["--data-dir", str(tmp_path), "--ray", "auto", "--cache-dir", "none", *FEATURES_ONLY])
+    data = data.load_folder(s)
     assert calls == [{"sr": 22050, "clip_seconds": 5.0, "cache_dir": False, "address": "auto", "frontend": "none"}]
     assert len(data.track_names) == 6
-    assert train.public_settings(s)["ray"] == "cluster"
+    assert settings.public_settings(s)["ray"] == "cluster"
 
 
 def test_real_data_defaults_to_the_front_end(tmp_path):
     import train
 
-    s = train.parse_settings(["--data-dir", str(tmp_path)])
+    s = settings.parse_settings(["--data-dir", str(tmp_path)])
     assert (s.model["frontend"], s.model["clip_seconds"]) == ("musicnn", 6.0)  # the README's evidence
-    s = train.parse_settings(["--data-dir", str(tmp_path), "--frontend", "none", "--clip-seconds=5"])
+    s = settings.parse_settings(["--data-dir", str(tmp_path), "--frontend", "none", "--clip-seconds=5"])
     assert (s.model["frontend"], s.model["clip_seconds"]) == ("none", 5.0)  # flags given win
-    assert train.parse_settings([]).model["frontend"] == "none"  # synthetic clips keep the 59 features
+    assert settings.parse_settings([]).model["frontend"] == "none"  # synthetic clips keep the 59 features

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import synth
+from workbench import synth
 from features import extract_features
 
 GENRES = ("jazz", "blues", "rock", "pop", "classical")

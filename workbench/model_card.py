@@ -10,7 +10,7 @@ import math
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from atomic_files import first_non_finite
+from workbench.atomic_files import first_non_finite
 
 TAGS = ["custom_code", "music", "audio", "genre-classification", "music-genre-classification",
         "mixture-of-experts", "moe", "pytorch"]

@@ -6,7 +6,8 @@ matplotlib.use("Agg")  # files only; no display on training machines or in CI
 import matplotlib.pyplot as plt
 import numpy as np
 
-from atomic_files import replacing
+from modeling import LOSS_TERMS
+from workbench.atomic_files import replacing
 
 GENRE_COLOURS = plt.get_cmap("tab10")
 
@@ -59,7 +60,7 @@ def training_curves(history, best_epoch, path, ema_decay=0.0):
     axes[1].plot(ep, history["train_acc"], label="train")
     axes[1].plot(ep, history["val_acc"], label=val)
     axes[1].set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
-    for term in ("ce_loss", "routing_loss", "load_balance_loss", "entropy_loss"):
+    for term in (t for t in LOSS_TERMS if t != "kan_reg_loss"):
         label = term.replace("_loss", "")
         if term == "entropy_loss":
             # A loss below zero looks like a bug: the legend says why it is negative by design.

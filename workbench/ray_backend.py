@@ -5,11 +5,11 @@ Ray is an extra (`pip install -r requirements-ray.txt`); only this module import
 
 - `classify_on_ray(...)`: tasks of one CPU each take chunks of *paths* (never audio bytes: every
   node reads the files from storage they all see); each worker process loads the model once (on
-  its first chunk) and computes the features with `batch_features.extract_many` and the batched
-  predictions with the very function the local run uses (`classify.classify_paths`). The driver writes rows, errors and resume
-  state through the same `classify.Outputs`, so a Ray run and a local run produce the same rows.
-- `extract_many_ray(sources, ...)`: `batch_features.extract_many` spread over Ray tasks; returns
-  a `batch_features.ExtractionResult` with the same fields and indices as the local call.
+  its first chunk) and computes the features with `workbench.batch.extract_many` and the batched
+  predictions with the very function the local run uses (`tagging.classify_paths`). The driver writes rows, errors and resume
+  state through the same `tagging.Outputs`, so a Ray run and a local run produce the same rows.
+- `extract_many_ray(sources, ...)`: `workbench.batch.extract_many` spread over Ray tasks; returns
+  a `workbench.batch.ExtractionResult` with the same fields and indices as the local call.
 
 With no address a local Ray is started (`ray.init(num_cpus=...)`, no dashboard, quiet logs, the
 project folder on the workers' PYTHONPATH) and shut down at the end. With an address ("auto",
@@ -30,21 +30,19 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
     raise ImportError("the Ray backend needs Ray: pip install -r requirements-ray.txt") from exc
 
-import classify
-from batch_features import ExtractionResult
+from workbench import tagging
+from workbench.runs import load_model, resolve_model_spec
+from workbench.tagging import RayJobError
+from workbench.batch import ExtractionResult
 from features import HOP_LENGTH, N_FFT, SAMPLE_RATE
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository, shipped to Ray workers as working_dir
 
 # What not to upload as the job's working_dir to a cluster: environments, runs, caches, data.
 CODE_EXCLUDES = [".venv", ".git", "runs", ".cache", "hub_export", "__pycache__", ".pytest_cache", "*.pyc",
                  "examples"]
 
 __all__ = ["classify_on_ray", "extract_many_ray", "init_ray", "RayJobError"]
-
-
-class RayJobError(RuntimeError):
-    """The Ray job could not run (cluster unreachable, a worker could not load the model, ...)."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -67,7 +65,7 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> b
     try:
         if address in (None, "local"):
             path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-            ray.init(address="local", num_cpus=num_cpus or classify.available_cpus(), include_dashboard=False,
+            ray.init(address="local", num_cpus=num_cpus or tagging.available_cpus(), include_dashboard=False,
                      runtime_env={"env_vars": {"PYTHONPATH": path}}, **quiet)
         else:
             ray.init(address=address, runtime_env={"working_dir": str(ROOT), "excludes": CODE_EXCLUDES}, **quiet)
@@ -105,16 +103,18 @@ def _single_threaded() -> None:
 _MODELS: dict = {}
 
 
-def _worker_model(target: str):
-    if target not in _MODELS:
+def _worker_model(target: str, trust_remote_code: bool = False, revision: Optional[str] = None):
+    key = (target, trust_remote_code, revision)
+    if key not in _MODELS:
         _single_threaded()
-        _MODELS[target] = classify.load_model(target)
-    return _MODELS[target]
+        _MODELS[key] = load_model(target, trust_remote_code=trust_remote_code, revision=revision)
+    return _MODELS[key]
 
 
 @ray.remote(num_cpus=1)
-def _classify_chunk(target: str, settings: classify.Settings, paths: List[str]):
-    return classify.classify_paths(_worker_model(target), paths, settings, n_jobs=1)
+def _classify_chunk(target: str, settings: tagging.Settings, paths: List[str], trust_remote_code: bool = False,
+                    revision: Optional[str] = None):
+    return tagging.classify_paths(_worker_model(target, trust_remote_code, revision), paths, settings, n_jobs=1)
 
 
 def _run_tasks(submit: Callable, items: Sequence, on_result: Callable, max_in_flight: int) -> None:
@@ -136,15 +136,16 @@ def _run_tasks(submit: Callable, items: Sequence, on_result: Callable, max_in_fl
             on_result(k, result)
 
 
-def classify_on_ray(model_spec: str, paths: Sequence[str], settings: classify.Settings, outputs: classify.Outputs, *,
+def classify_on_ray(model_spec: str, paths: Sequence[str], settings: tagging.Settings, outputs: tagging.Outputs, *,
                     address: Optional[str] = None, num_cpus: Optional[int] = None, chunk_size: int = 8,
-                    progress: Optional[Callable[[int], None]] = None) -> None:
+                    progress: Optional[Callable[[int], None]] = None, trust_remote_code: bool = False,
+                    revision: Optional[str] = None) -> None:
     """Classify `paths` on Ray, writing through `outputs` as chunks complete (any order).
 
     `model_spec` is what --model names; a local path is made absolute (it must be on storage
     every node reads). Raises RayJobError when Ray or a worker fails as a whole (rows written
     so far stay: run again to resume); an unreadable song is an ordinary failure row, as locally."""
-    kind, target = classify.resolve_model(model_spec)
+    kind, target = resolve_model_spec(model_spec)
     owned = init_ray(address, num_cpus)
     try:
         chunks = [list(paths[s:s + chunk_size]) for s in range(0, len(paths), chunk_size)]
@@ -157,7 +158,7 @@ def classify_on_ray(model_spec: str, paths: Sequence[str], settings: classify.Se
 
         # Two chunks per CPU in flight: a worker never waits for the driver between chunks.
         try:
-            _run_tasks(lambda chunk: _classify_chunk.remote(target, settings, chunk), chunks, write,
+            _run_tasks(lambda chunk: _classify_chunk.remote(target, settings, chunk, trust_remote_code, revision), chunks, write,
                        2 * _cluster_cpus())
         except RayJobError as exc:
             raise RayJobError(f"{exc}; the rows written so far are kept: run the same command again to resume") from exc
@@ -168,7 +169,7 @@ def classify_on_ray(model_spec: str, paths: Sequence[str], settings: classify.Se
 
 @ray.remote(num_cpus=1)
 def _extract_chunk(chunk: list, kwargs: dict) -> ExtractionResult:
-    from batch_features import extract_many
+    from workbench.batch import extract_many
 
     _single_threaded()
     return extract_many(chunk, n_jobs=1, progress=False, **kwargs)
@@ -203,7 +204,7 @@ def extract_many_ray(sources: Sequence, *, sr: int = SAMPLE_RATE, clip_seconds: 
                      cache_dir=None, address: Optional[str] = None, num_cpus: Optional[int] = None,
                      chunk_size: int = 8, progress: Optional[bool] = None, n_fft: int = N_FFT,
                      hop_length: int = HOP_LENGTH, frontend=None) -> ExtractionResult:
-    """`batch_features.extract_many` on Ray: same arguments and result (ok indices, failures,
+    """`workbench.batch.extract_many` on Ray: same arguments and result (ok indices, failures,
     cache hits, and every per-song field), tasks of `chunk_size` sources with one CPU each.
 
     Paths are sent, not audio; they are made absolute so that a worker whose working directory

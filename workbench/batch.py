@@ -59,11 +59,12 @@ from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
 from frontend import EMBEDDING_SIZE
+from song import SongInputs, song_inputs
 from features import (HOP_LENGTH, HR_FREQ_BANDS, HR_TIME_POOL, FEATURE_VERSION, MIN_SECONDS, N_FEATURES, N_FFT,
                       SAMPLE_RATE, AudioError, PathLike, _require_audio_deps, extract_features, extract_song,
                       librosa, load_audio)
@@ -82,7 +83,7 @@ logger = logging.getLogger(__name__)
 Source = Union[str, os.PathLike, np.ndarray]
 
 #: Bump when the cache's key derivation or entry layout changes.
-CACHE_FORMAT = "2"  # 2: domain-separated content hashes, .npz with features and starts
+CACHE_FORMAT = "3"  # 2: domain-separated content hashes, .npz with features and starts; 3: + duration
 #: Sources in flight per worker: enough to keep every worker busy while results travel back.
 _IN_FLIGHT_PER_WORKER = 2
 #: Seconds between the worker watchdog's checks that its parent is alive.
@@ -102,6 +103,8 @@ class ExtractionResult:
     starts : list of np.ndarray
         Per source, the first sample (at ``sr``) of each kept window, aligned with ``features``:
         silent windows are skipped, so a row's index alone does not give its time.
+    durations : list of float
+        Per source, the decoded song's length in seconds, aligned with ``features``.
     ok : list of int
         Indices into the input ``sources`` that succeeded, ascending.
     failures : list of (str, str)
@@ -112,6 +115,7 @@ class ExtractionResult:
 
     features: List[np.ndarray] = field(default_factory=list)
     starts: List[np.ndarray] = field(default_factory=list)
+    durations: List[float] = field(default_factory=list)
     ok: List[int] = field(default_factory=list)
     failures: List[Tuple[str, str]] = field(default_factory=list)
     cache_hits: int = 0
@@ -237,26 +241,27 @@ def _cache_path(cache_dir: Path, content: str, settings: str) -> Path:
     return cache_dir / key[:2] / f"{key}.npz"
 
 
-def _cache_load(path: Path, width: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """(features, starts) of a cache entry, or None for a missing entry or any entry that is
+def _cache_load(path: Path, width: int) -> Optional[SongInputs]:
+    """The SongInputs of a cache entry, or None for a missing entry or any entry that is
     unreadable or malformed (0 bytes, truncated, another format, wrong shape or dtype, non-finite):
     the caller recomputes and rewrites it."""
     try:
         with np.load(path, allow_pickle=False) as entry:
-            arr, starts = entry["features"], entry["starts"]
+            arr, starts, duration = entry["features"], entry["starts"], float(entry["duration"])
     except FileNotFoundError:
         return None
     except Exception as exc:  # EOFError, zipfile.BadZipFile, KeyError, ValueError, OSError, ...
         logger.info("feature cache entry %s unreadable (%s: %s): recomputing", path, type(exc).__name__, exc)
         return None
     if (arr.ndim != 2 or arr.shape[1] != width or arr.shape[0] == 0 or arr.dtype.kind != "f"
-            or not np.isfinite(arr).all() or starts.shape != (len(arr),) or starts.dtype.kind not in "iu"):
+            or not np.isfinite(arr).all() or starts.shape != (len(arr),) or starts.dtype.kind not in "iu"
+            or not (np.isfinite(duration) and duration > 0)):
         logger.info("feature cache entry %s malformed: recomputing", path)
         return None
-    return arr.astype(np.float32, copy=False), starts.astype(np.int64, copy=False)
+    return SongInputs(arr.astype(np.float32, copy=False), starts.astype(np.int64, copy=False), duration)
 
 
-def _cache_store(path: Path, arr: np.ndarray, starts: np.ndarray) -> None:
+def _cache_store(path: Path, song: SongInputs) -> None:
     """Atomic write (temp file + rename): concurrent runs never read a half-written entry, and a
     bad entry is replaced in one step."""
     tmp = None
@@ -264,7 +269,7 @@ def _cache_store(path: Path, arr: np.ndarray, starts: np.ndarray) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, features=arr, starts=starts)
+            np.savez(fh, features=song.features, starts=song.starts, duration=np.float64(song.duration))
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:  # a read-only or full cache must not fail the extraction
@@ -289,24 +294,23 @@ _WORKER_STATE: Dict[str, object] = {"frontend": None, "job": None}
 
 
 def _extract_source(source: Source, sr: int, clip_seconds: Optional[float], n_fft: int,
-                    hop_length: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(features, starts) of one file or array: (1, width) for a whole clip or (n_windows, width)."""
+                    hop_length: int) -> SongInputs:
+    """The SongInputs of one file or array: one row for a whole clip (``clip_seconds`` None), else
+    the song path's windows (`song.song_inputs`, the front end included)."""
     if isinstance(source, np.ndarray):
         y, name = source, "array"
     else:
         y, name = load_audio(source, sr), str(source)
+    net = _WORKER_STATE["frontend"]
     try:
-        if clip_seconds is None:
-            feats = extract_features(y, sr, n_fft=n_fft, hop_length=hop_length)[None, :]
-            starts, windows = np.zeros(1, np.int64), [y]
-        else:
-            feats, starts, windows = extract_song(y, sr, clip_seconds, n_fft=n_fft, hop_length=hop_length)
-        net = _WORKER_STATE["frontend"]
+        if clip_seconds is not None:
+            return song_inputs(y, sr, clip_seconds, net, n_fft=n_fft, hop_length=hop_length)
+        feats = extract_features(y, sr, n_fft=n_fft, hop_length=hop_length)[None, :]
         if net is not None:
             from frontend import window_embeddings
 
-            feats = np.concatenate([feats, window_embeddings(net, windows, sr)], axis=1)
-        return feats, starts
+            feats = np.concatenate([feats, window_embeddings(net, [y], sr)], axis=1)
+        return SongInputs(feats.astype(np.float32), np.zeros(1, np.int64), len(y) / float(sr))
     except AudioError as exc:
         msg = str(exc)
         raise AudioError(name + msg[len("array"):] if msg.startswith("array") else msg) from None
@@ -326,19 +330,19 @@ def _process(task: Tuple[int, Source, str], args: tuple):
             path = _cache_path(cache_root, _content_hash(source), settings)
             cached = _cache_load(path, width)
             if cached is not None:
-                return index, cached[0], cached[1], None, True
+                return index, cached, None, True
         elif not isinstance(source, np.ndarray):
             os.close(_open_regular(str(source)))  # same refusal of FIFOs and devices without the cache
-        feats, starts = _extract_source(source, *args)
+        song = _extract_source(source, *args)
         if path is not None:
-            _cache_store(path, feats, starts)
-        return index, feats, starts, None, False
+            _cache_store(path, song)
+        return index, song, None, False
     except AudioError as exc:
-        return index, None, None, str(exc), False
+        return index, None, str(exc), False
     except MemoryError:
-        return index, None, None, f"{desc}: out of memory", False
+        return index, None, f"{desc}: out of memory", False
     except Exception as exc:  # one bad source must not stop the batch
-        return index, None, None, f"{desc}: {type(exc).__name__}: {exc}", False
+        return index, None, f"{desc}: {type(exc).__name__}: {exc}", False
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -436,33 +440,32 @@ def _available_cores() -> int:
 # --------------------------------------------------------------------------------------------
 
 
+class Extracted(NamedTuple):
+    """One source's outcome from :func:`iter_extract`."""
+
+    index: int                    #: the source's position in ``sources``
+    song: Optional[SongInputs]    #: its window rows, starts and duration; None on failure
+    error: Optional[str]          #: None, or a one-line message naming the source and the problem
+
+
 def iter_extract(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_seconds: Optional[float] = None,
                  n_jobs: Optional[int] = None, cache_dir: Union[None, bool, PathLike] = None,
-                 n_fft: int = N_FFT, hop_length: int = HOP_LENGTH, frontend=None,
-                 return_starts: bool = False) -> Iterator[tuple]:
-    """Features of many files or clips, streamed in completion order.
+                 n_fft: int = N_FFT, hop_length: int = HOP_LENGTH, frontend=None) -> Iterator[Extracted]:
+    """Features of many files or clips, streamed in completion order, one :class:`Extracted` each.
 
-    Parameters are those of :func:`extract_many` (no progress bar here: the caller counts), plus
-    ``return_starts``. ``sources`` may be any iterable, consumed lazily: at most ``2 * n_jobs``
-    sources are read ahead, so a generator over a million files runs in bounded memory.
-
-    Yields
-    ------
-    (index, features, error) or, with ``return_starts=True``, (index, features, error, starts)
-        ``index`` is the source's position in ``sources``. On success ``features`` is the
-        (n_windows, width) float32 array (one row when ``clip_seconds`` is None), ``starts`` the
-        windows' first samples and ``error`` None; on failure ``features`` (and ``starts``) are
-        None and ``error`` is a one-line message naming the source and the problem.
+    Parameters are those of :func:`extract_many` (no progress bar here: the caller counts).
+    ``sources`` may be any iterable, consumed lazily: at most ``2 * n_jobs`` sources are read
+    ahead, so a generator over a million files runs in bounded memory.
     """
-    for index, feats, starts, error, _hit in _iter_results(
+    for index, song, error, _hit in _iter_results(
             sources, sr=sr, clip_seconds=clip_seconds, n_jobs=n_jobs, cache_dir=cache_dir, n_fft=n_fft,
             hop_length=hop_length, frontend=frontend):
-        yield (index, feats, error, starts) if return_starts else (index, feats, error)
+        yield Extracted(index, song, error)
 
 
 def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_dir, n_fft, hop_length,
                   frontend, n_sources: Optional[int] = None):
-    """iter_extract's engine: yields (index, features, starts, error, cache_hit)."""
+    """iter_extract's engine: yields (index, SongInputs or None, error or None, cache_hit)."""
     _require_audio_deps("extract_many")
     net = resolve_frontend(frontend)
     width = N_FEATURES + (0 if net is None else EMBEDDING_SIZE)
@@ -530,7 +533,7 @@ def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_
                             yield fut.result()
                         except Exception as exc:  # a worker died (BrokenProcessPool: killed, out of memory)
                             index, _source, desc = fut.task
-                            yield index, None, None, f"{desc}: worker failed ({type(exc).__name__}: {exc})", False
+                            yield index, None, f"{desc}: worker failed ({type(exc).__name__}: {exc})", False
             finally:  # also on an early stop of the iteration (generator closed)
                 # Every result is in hand (or no longer wanted): don't make the caller wait for
                 # the workers' interpreter teardown (~0.1 s each); the executor reaps them in the
@@ -585,11 +588,11 @@ def extract_many(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_secon
     failures: Dict[int, str] = {}
     hits = 0
     try:
-        for index, feats, starts, error, hit in _iter_results(
+        for index, song, error, hit in _iter_results(
                 sources, sr=sr, clip_seconds=clip_seconds, n_jobs=n_jobs, cache_dir=cache_dir, n_fft=n_fft,
                 hop_length=hop_length, frontend=frontend):
             if error is None:
-                results[index] = (feats, starts)
+                results[index] = song
                 hits += bool(hit)
             else:
                 failures[index] = error
@@ -604,8 +607,9 @@ def extract_many(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_secon
     for i in range(len(sources)):
         if i in results:
             out.ok.append(i)
-            out.features.append(results[i][0])
-            out.starts.append(results[i][1])
+            out.features.append(results[i].features)
+            out.starts.append(results[i].starts)
+            out.durations.append(results[i].duration)
         elif i in failures:
             out.failures.append((_describe(sources[i], i), failures[i]))
     return out
