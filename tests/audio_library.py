@@ -73,8 +73,12 @@ def write_with_pyav(path: Path, pcm: np.ndarray, sr: int, codec: str, container:
             out.mux(vstream.encode(None))
 
 
-def make_library(folder: Path, seconds: float = 3.0, formats=tuple(FORMATS)) -> Dict[str, Path]:
-    """Write the signal once per format into ``folder``; return {format name: path}."""
+def make_library(folder: Path, seconds: float = 3.0, formats=tuple(FORMATS), pcm=None) -> Dict[str, Path]:
+    """Write one sound once per format into ``folder``; return {format name: path}.
+
+    ``pcm(seconds, sr)`` gives the sound as (n, channels) int16 at ``sr`` (default :func:`signal`).
+    """
+    pcm = pcm or signal
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -82,10 +86,10 @@ def make_library(folder: Path, seconds: float = 3.0, formats=tuple(FORMATS)) -> 
         ext, codec, container = FORMATS[name]
         path = folder / f"{name}{ext}"
         sr = 48000 if codec == "libopus" else RATE  # Opus runs at 48 kHz only
-        pcm = signal(seconds, sr)
+        samples = pcm(seconds, sr)
         if codec is None:
-            sf.write(path, pcm, sr, format=container, **({"subtype": "PCM_16"} if name == "wav" else {}))
+            sf.write(path, samples, sr, format=container, **({"subtype": "PCM_16"} if name == "wav" else {}))
         else:
-            write_with_pyav(path, pcm, sr, codec, container, video=name == "video")
+            write_with_pyav(path, samples, sr, codec, container, video=name == "video")
         paths[name] = path
     return paths
