@@ -309,7 +309,7 @@ def test_iter_extract_streams_everything_once_from_a_generator(tmp_path):
     assert len(pulled) <= 2 * 2 + 1  # bounded read-ahead: in-flight sources, not the whole library
     items = [first] + list(stream)
     assert sorted(i for i, _, _ in items) == list(range(6))
-    by_index = {i: (f, e) for i, f, e in items}
+    by_index = {i: (None if s is None else s.features, e) for i, s, e in items}
     assert by_index[1][0] is None and by_index[1][1] == f"{tmp_path / 'missing.wav'}: file not found"
     ref = B.extract_many(sources, n_jobs=1, cache_dir=False)
     for i, feats in zip(ref.ok, ref.features):
@@ -319,9 +319,9 @@ def test_iter_extract_streams_everything_once_from_a_generator(tmp_path):
 
 def test_iter_extract_starts_and_early_stop(tmp_path):
     song = clip("rock", 4, seconds=4.6)
-    items = list(B.iter_extract([song], clip_seconds=2.0, n_jobs=1, cache_dir=False, return_starts=True))
-    (index, feats, error, starts), = items
-    assert index == 0 and error is None and feats.shape == (2, 59) and starts.tolist() == [0, 2 * SR]
+    (item,) = list(B.iter_extract([song], clip_seconds=2.0, n_jobs=1, cache_dir=False))
+    assert item.index == 0 and item.error is None and item.song.features.shape == (2, 59)
+    assert item.song.starts.tolist() == [0, 2 * SR] and item.song.duration == pytest.approx(4.6, abs=1e-4)
     # Stopping early shuts the pool down: its workers are gone once the generator is closed.
     stream = B.iter_extract([clip("jazz", i) for i in range(8)], n_jobs=2, cache_dir=False)
     next(stream)

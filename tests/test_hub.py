@@ -507,3 +507,69 @@ def test_exports_from_the_checkpoint_file_too(quick_run, export_dir, tmp_path):
         assert torch.equal(a(x).logits, b(x).logits)
     assert json.loads((out / "config.json").read_text())["feature_mean"] == \
         json.loads((export_dir / "config.json").read_text())["feature_mean"]
+
+
+# -- a model trained on recordings (the musicnn front end), published and loaded back ---------------
+
+SHARED_GTZAN = ROOT.parent / "shared" / "data" / "gtzan-mini-dev"
+
+
+def recordings_folder(root):
+    """Two genres of recordings: 3 GTZAN clips each from ../shared when present, generated audio otherwise."""
+    import soundfile as sf
+    from workbench.synth import generate_clip
+
+    for genre in ("classical", "metal"):
+        (root / genre).mkdir(parents=True)
+        for i in range(3):
+            src = SHARED_GTZAN / genre / f"{genre}.0000{i}.wav"
+            if src.is_file():  # a symlink: the recordings are never copied
+                (root / genre / src.name).symlink_to(src)
+            else:
+                synth_genre = "classical" if genre == "classical" else "rock"
+                sf.write(root / genre / f"{genre}{i}.wav",
+                         generate_clip(synth_genre, np.random.default_rng(i), duration=12.0), 22050)
+    return root
+
+
+def test_model_trained_on_recordings_publishes_and_loads_back_offline(tmp_path):
+    """train.py on recordings (musicnn front end) -> upload_to_hub.py push to the local Hub -> the pushed
+    files, in a fresh offline process: AutoModel.predict_audio and pipeline give predict_audio's answer."""
+    import train
+    from modeling import load_moe_model
+    from workbench.synth import generate_clip
+    import soundfile as sf
+
+    data, run = recordings_folder(tmp_path / "data"), tmp_path / "run"
+    train.main(["--data-dir", str(data), "--out", str(run), "--split", "1,1,1", "--epochs", "3", "--patience", "3",
+                "--no-plots", "--cache-dir", "none", "--n-jobs", "1"], log=lambda *a, **k: None)
+    model = load_moe_model(run)[0]
+    assert model.config.frontend == "musicnn"
+    song = tmp_path / "song.wav"
+    sf.write(song, generate_clip("classical", np.random.default_rng(5), duration=14.0), 22050)
+    expected = model.predict_audio(str(song))
+
+    with HubServer() as hub:
+        r = run_upload(["--run", str(run), "--repo", REPO], hub_env(tmp_path, hub.url, HF_TOKEN=TOKEN))
+        state = hub.state
+    assert r.returncode == 0, r.stderr[-3000:]
+    (commit,) = state.commits
+    pulled = tmp_path / "pulled"
+    for name, content in commit["files"].items():  # what the Hub holds, LFS pointers resolved
+        (pulled / name).parent.mkdir(parents=True, exist_ok=True)
+        (pulled / name).write_bytes(content)
+    assert (pulled / "model.safetensors").stat().st_size > 3_000_000  # the front end's weights travelled
+
+    result = run_script(f"""
+        import json
+        from transformers import AutoModel, pipeline
+        model = AutoModel.from_pretrained({str(pulled)!r}, trust_remote_code=True)
+        song = model.predict_audio("song.wav")
+        piped = pipeline(model={str(pulled)!r}, trust_remote_code=True)("song.wav", details=True)
+        print(json.dumps({{"song": song["probabilities"], "piped": piped["probabilities"],
+                          "windows": [[w["start"], w["end"]] for w in piped["windows"]], "tags": list(song["tags"])}}))
+    """, tmp_path, clean_env(tmp_path))
+    for got in (result["song"], result["piped"]):
+        assert got == pytest.approx(expected["probabilities"], abs=1e-5)
+    assert result["windows"] == [[w["start"], w["end"]] for w in expected["windows"]]
+    assert result["tags"] == list(expected["tags"])

@@ -9,6 +9,7 @@ flag's argparse default is None, so "was it given" is read from the parsed value
 import argparse
 import dataclasses
 import types
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from configuration import PROTOTYPE_METRICS, PROTOTYPE_SPACES, MusicGenreMoEConfig
