@@ -34,7 +34,6 @@ import json
 import os
 import struct
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -390,24 +389,10 @@ def safetensors_bytes(state: Dict[str, np.ndarray], metadata: Dict[str, str]) ->
 
 
 def save_atomic(state: Dict[str, np.ndarray], metadata: Dict[str, str], out: os.PathLike) -> Path:
-    """Write ``state`` as safetensors to ``out`` through a temporary file and ``os.replace``."""
-    out = Path(out)
-    blob = safetensors_bytes(state, metadata)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would have.
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    """Write ``state`` as safetensors to ``out`` atomically (`workbench.atomic_files.write_bytes`)."""
+    from workbench.atomic_files import write_bytes
+
+    return write_bytes(out, safetensors_bytes(state, metadata))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

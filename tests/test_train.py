@@ -147,3 +147,19 @@ def test_seed_study_counts_errors_over_seeds(capsys):
     out = capsys.readouterr().out
     lines = [l for l in out.splitlines() if l.startswith("seed ")]
     assert len(lines) == 2 and "2 seeds [--quick" in out and "test clips" in out
+
+
+def test_flags_given_always_win_and_abbreviations_are_refused(tmp_path, capsys):
+    from workbench.settings import parse_settings
+
+    s = parse_settings(["--quick", "--epochs", "120"])
+    assert s.epochs == 120 and s.n_per_genre == 40  # quick lowers only what was not given
+    data = ["--data-dir", str(tmp_path)]
+    real = parse_settings(data)
+    assert real.model["frontend"] == "musicnn" and real.model["clip_seconds"] == 6.0
+    given = parse_settings(data + ["--clip-seconds", "5", "--frontend", "none"])
+    assert given.model["clip_seconds"] == 5.0 and given.model["frontend"] == "none"
+    assert given.model["prototype_space"] == "features"  # the front end's few-shot default follows the given front end
+    with pytest.raises(SystemExit):
+        parse_settings(data + ["--clip-sec", "5"])  # an abbreviation is an error, never a silent default
+    assert "--clip-sec" in capsys.readouterr().err

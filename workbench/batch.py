@@ -53,7 +53,6 @@ import os
 import signal
 import stat
 import sys
-import tempfile
 import threading
 from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -65,6 +64,7 @@ import numpy as np
 
 from frontend import EMBEDDING_SIZE
 from song import SongInputs, song_inputs
+from workbench.atomic_files import replacing
 from features import (HOP_LENGTH, HR_FREQ_BANDS, HR_TIME_POOL, FEATURE_VERSION, MIN_SECONDS, N_FEATURES, N_FFT,
                       SAMPLE_RATE, AudioError, PathLike, _require_audio_deps, extract_features, extract_song,
                       librosa, load_audio)
@@ -262,24 +262,14 @@ def _cache_load(path: Path, width: int) -> Optional[SongInputs]:
 
 
 def _cache_store(path: Path, song: SongInputs) -> None:
-    """Atomic write (temp file + rename): concurrent runs never read a half-written entry, and a
-    bad entry is replaced in one step."""
-    tmp = None
+    """Atomic write (`atomic_files.replacing`): concurrent runs never read a half-written entry,
+    and a bad entry is replaced in one step. A read-only or full cache does not fail the extraction."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        with os.fdopen(fd, "wb") as fh:
+        with replacing(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, features=song.features, starts=song.starts, duration=np.float64(song.duration))
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:  # a read-only or full cache must not fail the extraction
+    except OSError as exc:
         logger.warning("feature cache write failed for %s: %s", path, exc)
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 # --------------------------------------------------------------------------------------------
