@@ -692,6 +692,9 @@ MOE_VARIANTS = {  # name: (inputs, extra flags)
     "pen+tags_strong_reg": ("pen+tags", ["--weight-decay", "0.05", "--encoder-dropout", "0.5",
                                           "--classifier-dropout", "0.3", "--epochs", "60", "--t-max", "60"]),
     "hc+pen+tags": ("hc+pen+tags", []),
+    # artist weighting through the unchanged loop: each training window repeated max(1, round(w)) times,
+    # w = artist_folds.artist_weights of its recording (each artist counts ~equally within its genre)
+    "today_hc+pen_artist_oversample": ("hc+pen", ["@artist_oversample"]),
 }
 
 
@@ -707,6 +710,8 @@ def moe_song_probs(st, rep, tr, te, labels, flags, seed, log=lambda *a: None):
 
     X, owner = st.x(rep, "window")
     classes = np.unique(labels[tr])
+    oversample = "@artist_oversample" in flags
+    flags = [f for f in flags if not f.startswith("@")]
     s = parse_settings(["--seed", str(seed)] + flags)
     s.model = dict(s.model, frontend="none", num_features=X.shape[1], clip_seconds=CLIP,
                    prototype_space="features", prototype_metric="euclidean")
@@ -719,6 +724,13 @@ def moe_song_probs(st, rep, tr, te, labels, flags, seed, log=lambda *a: None):
         return torch.from_numpy(X[m]).float(), torch.from_numpy(y).long()
 
     train, val = tensors(itr), tensors(iva)
+    if oversample:
+        w = np.zeros(len(st.recs))
+        w[itr] = af.artist_weights(labels[itr], st.groups[itr])
+        m = np.isin(owner, itr)
+        reps = np.maximum(1, np.round(w[owner[m]])).astype(int)
+        sel = torch.from_numpy(np.repeat(np.arange(int(m.sum())), reps))
+        train = (train[0][sel], train[1][sel])
     torch.manual_seed(seed)
     model = build_model(list(classes), train[0].mean(0).numpy(), train[0].std(0).numpy() + 1e-6, s)
     fit(model, train, val, s, log=log)
