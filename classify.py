@@ -6,11 +6,15 @@ Paste-ready:
     python classify.py "~/Music/**/*.mp3" --model you/music-genre-moe --out tags.csv --top-k 3
     python classify.py ~/Music --model runs/latest --out tags.csv --jsonl windows.jsonl --timeline-dir timelines
     python classify.py /shared/music --model /shared/runs/latest --out /shared/tags.csv --ray auto
+    python classify.py ~/Music --model runs/latest --out tags.csv --compare-tags
+    python classify.py ~/Music --model runs/latest --out tags.csv --write-tags 2 --dry-run
+    python classify.py --restore tags.csv.undo.jsonl
 
 What it does
-- Folders are searched recursively for audio files (AUDIO_EXTENSIONS, hidden files skipped); a
-  file named on the command line is taken whatever its extension. Any format `features.load_audio`
-  reads (WAV, FLAC, OGG, MP3, AU, AIFF).
+- Folders are searched recursively for audio files (decoding.AUDIO_EXTENSIONS, hidden files
+  skipped); a file named on the command line is taken whatever its extension. WAV, FLAC, OGG,
+  Opus, MP3, AU, AIFF (soundfile) and M4A/AAC/ALAC, WMA and the sound of MP4/WebM videos (PyAV,
+  `pip install av`); long files are decoded as a stream (a 2-hour mix: ~640 MB above baseline).
 - Features come from worker processes (`batch_features`), with the model's sampling rate and
   window length; the windows of many songs go through the model together. Memory stays bounded by
   the workers' songs (one each) plus one chunk of feature rows.
@@ -23,6 +27,14 @@ What it does
   interrupted run leaves at most one torn last line, which the next run drops; songs already in
   the output (or the errors file) are skipped. `--overwrite` starts afresh.
 - `--ray [ADDRESS]` runs the same job on Ray (see `ray_backend.py`); same rows, errors and resume.
+- The library's own genre tags (ID3, MP4, Vorbis comments, ASF): `--compare-tags` adds each
+  file's tag (column `tag`) and writes `<out>.mislabelled.csv`, the songs whose tag a confident
+  prediction contradicts, most confident first. `--write-tags [K]` writes the top-1 (or top-K,
+  multi-valued) genre into each file: only the tag changes, never the audio; each file is replaced
+  atomically; the old values go to an undo log first (`--undo-log`, default `<out>.undo.jsonl`),
+  and `python classify.py --restore LOG` puts them back. `--dry-run` writes nothing and says what
+  it would (column `tag_written`). Read-only files and containers without tags get a line in the
+  errors file. Resume as above: a song in the CSV has its tag written.
 """
 
 from __future__ import annotations
@@ -93,11 +105,34 @@ def parse_args(argv=None):
                    help="run on Ray: no ADDRESS starts a local Ray; 'auto' or HOST:PORT joins a cluster "
                         "(or set RAY_ADDRESS and pass --ray alone)")
     p.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray started by --ray without address (default: every core)")
+    t = p.add_argument_group("the library's genre tags (MP3, M4A/MP4, OGG, Opus, FLAC, WMA, WAV/AIFF with ID3)")
+    t.add_argument("--compare-tags", action="store_true",
+                   help="add each file's current genre tag (column tag) and list the songs whose tag a confident "
+                        "prediction contradicts, most confident first (<out>.mislabelled.csv)")
+    t.add_argument("--min-confidence", type=float, default=0.8,
+                   help="with --compare-tags: the confidence from which a prediction contradicts a tag (default 0.8)")
+    t.add_argument("--write-tags", type=int, nargs="?", const=1, default=0, metavar="K",
+                   help="write the predicted genre into each file's genre tag (K: the top K as a multi-valued tag, "
+                        "default 1); only the tag changes, never the audio; old values go to the undo log")
+    t.add_argument("--dry-run", action="store_true", help="with --write-tags: say what would be written, write nothing")
+    t.add_argument("--undo-log", help="with --write-tags: the undo log (JSON lines; default <out>.undo.jsonl)")
+    t.add_argument("--restore", metavar="LOG",
+                   help="put back the genre tags an undo log recorded, and stop (no PATH, --model or --out needed)")
     return p.parse_args(argv)
+
+
+def _check_tag_flags(args) -> None:
+    if args.write_tags < 0:
+        raise UsageError(f"--write-tags {args.write_tags}: expected 1 or more genres to write")
+    if (args.dry_run or args.undo_log) and not args.write_tags:
+        raise UsageError(f"{'--dry-run' if args.dry_run else '--undo-log'}: only used with --write-tags")
+    if not 0 <= args.min_confidence <= 1:
+        raise UsageError(f"--min-confidence {args.min_confidence}: expected a confidence in [0, 1]")
 
 
 def validate(args) -> dict:
     """Check every argument before any work; raise UsageError naming the first bad one."""
+    _check_tag_flags(args)
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k}: expected 1 or more")
     for name in ("n_jobs", "chunk_size", "batch_windows", "ray_cpus"):
@@ -161,8 +196,9 @@ def validate(args) -> dict:
         resolve_model_spec(args.model)  # cheap shape check before the (slower) load
     except ModelSpecError as exc:
         raise UsageError(f"--model {exc}") from None
+    undo = Path(args.undo_log).expanduser() if args.undo_log else out.with_name(out.name + ".undo.jsonl")
     return {"out": out, "errors": errors, "jsonl": jsonl, "timeline": timeline, "cache": cache,
-            "files": files, "ignored": ignored, "address": address}
+            "files": files, "ignored": ignored, "address": address, "undo": undo}
 
 
 def summary(outputs: Outputs, new: int, failed: int, skipped: int, ignored: int, seconds: float) -> str:
@@ -178,7 +214,52 @@ def summary(outputs: Outputs, new: int, failed: int, skipped: int, ignored: int,
     return "\n".join(lines)
 
 
+def restore_main(log: str) -> int:
+    """--restore LOG: the old genre tags back, one line per file."""
+    from workbench.tags import TagError, restore
+
+    if not Path(log).expanduser().is_file():
+        print(f"classify.py: error: --restore {log}: no such undo log", file=sys.stderr)
+        return 2
+    try:
+        outcomes = restore(Path(log).expanduser())
+    except TagError as exc:
+        print(f"classify.py: error: --restore {exc}", file=sys.stderr)
+        return 2
+    for path, outcome in outcomes:
+        print(f"{path}: {outcome}")
+    counts = Counter(o.split(":")[0] for _, o in outcomes)
+    print(f"{log}: " + (", ".join(f"{n} {k}" for k, n in counts.most_common()) or "empty"))
+    return 1 if counts.get("error") else 0
+
+
+def report_mislabelled(out: Path, min_confidence: float) -> str:
+    """--compare-tags: every song of the output whose tag a confident prediction contradicts, most
+    confident first, into <out>.mislabelled.csv; returns the summary line."""
+    from workbench.atomic_files import write_text
+    from workbench.tags import contradicted_tags, split_genres
+
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = [(r["path"], r["genre"], float(r["confidence"]), split_genres([r["tag"]])) for r in csv.DictReader(fh)]
+    found = contradicted_tags(rows, min_confidence=min_confidence)
+    target = out.with_name(out.name + ".mislabelled.csv")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "predicted", "confidence", "tag"])
+    writer.writerows([path, genre, f"{conf:.6f}", "; ".join(tag)] for path, genre, conf, tag in found)
+    write_text(target, buf.getvalue())
+    shown = "".join(f"\n  {conf:.2f} {genre:12s} tagged {'; '.join(tag)}: {path}" for path, genre, conf, tag in found[:10])
+    return (f"{target}: {len(found)} songs whose tag a prediction of confidence >= {min_confidence:g} contradicts"
+            + shown + (f"\n  ... {len(found) - 10} more" if len(found) > 10 else ""))
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    restoring = [a for a in argv if a == "--restore" or a.startswith("--restore=")]
+    if restoring:
+        i = argv.index(restoring[0])
+        log = argv[i].split("=", 1)[1] if "=" in argv[i] else (argv[i + 1] if i + 1 < len(argv) else "")
+        return restore_main(log)
     # Unreadable files are reported in the errors file and the summary; batch_features' per-file
     # warnings would only repeat them on the terminal, through the progress bar.
     logging.getLogger("workbench.batch").setLevel(logging.ERROR)
@@ -191,7 +272,14 @@ def main(argv=None) -> int:
             args.top_k = min(DEFAULT_TOP_K, len(genres))
         elif args.top_k > len(genres):
             raise UsageError(f"--top-k {args.top_k}: the model has only {len(genres)} genres")
-        outputs = Outputs(v["out"], v["errors"], v["jsonl"], v["timeline"], genres, args.top_k)
+        tags = None
+        if args.compare_tags or args.write_tags:
+            from workbench.tags import LibraryTags
+
+            if args.write_tags > len(genres):
+                raise UsageError(f"--write-tags {args.write_tags}: the model has only {len(genres)} genres")
+            tags = LibraryTags(args.compare_tags, args.write_tags, args.dry_run, v["undo"])
+        outputs = Outputs(v["out"], v["errors"], v["jsonl"], v["timeline"], genres, args.top_k, tags=tags)
         skip = outputs.open(args.overwrite, args.retry_errors)
     except UsageError as exc:
         print(f"classify.py: error: {exc}", file=sys.stderr)
@@ -245,6 +333,11 @@ def main(argv=None) -> int:
                   file=sys.stderr)
         return code
     print(summary(outputs, outputs.written, outputs.failed, skipped, v["ignored"], seconds))
+    if args.compare_tags:
+        print(report_mislabelled(v["out"], args.min_confidence))
+    if args.write_tags:
+        print(f"{v['undo']}: old genre tags (undo with: python classify.py --restore {v['undo']})"
+              if not args.dry_run else "--dry-run: no tag written (column tag_written: what would be)")
     return code
 
 

@@ -200,11 +200,24 @@ def test_labels_from_tags(library, tmp_path):
         T.labels_from_tags([library["vorbis"], library["webm"]])
 
 
-def test_contradicted_tags_most_confident_first(library):
-    set_native(library["mp3"], ["Hip-Hop"])
-    set_native(library["flac"], ["Rock"])
-    set_native(library["aac"], ["Jazz"])
-    predictions = [(library["mp3"], "hiphop", 0.99), (library["flac"], "classical", 0.85),
-                   (library["aac"], "blues", 0.95), (library["opus"], "pop", 0.99), (library["wma"], "rock", 0.5)]
-    assert T.contradicted_tags(predictions) == [(str(library["aac"]), "blues", 0.95, ["Jazz"]),
-                                                (str(library["flac"]), "classical", 0.85, ["Rock"])]
+def test_contradicted_tags_most_confident_first():
+    rows = [("a.mp3", "hiphop", 0.99, ["Hip-Hop"]), ("b.flac", "classical", 0.85, ["Rock"]),
+            ("c.m4a", "blues", 0.95, ["Jazz", "Soul"]), ("d.opus", "pop", 0.99, []), ("e.wma", "rock", 0.5, ["Pop"])]
+    assert T.contradicted_tags(rows) == [("c.m4a", "blues", 0.95, ["Jazz", "Soul"]),
+                                         ("b.flac", "classical", 0.85, ["Rock"])]
+
+
+def test_library_tags_compare_write_dry_run(library, tmp_path):
+    set_native(library["mp3"], ["Jazz"])
+    records = [{"path": str(library[n]), "top": [["rock", 0.7], ["pop", 0.2]]} for n in ("mp3", "flac", "webm")]
+    data = library["mp3"].read_bytes()
+    dry = T.LibraryTags(compare=True, write_k=2, dry_run=True)
+    failures = dry.apply([dict(r) for r in records])
+    assert library["mp3"].read_bytes() == data and dry.columns == ["tag", "tag_written"]
+    assert [p for p, _ in failures] == [str(library["webm"])]
+    real = T.LibraryTags(compare=True, write_k=1, undo_log=tmp_path / "undo.jsonl")
+    done = [dict(r) for r in records]
+    real.apply(done)
+    real.close()
+    assert [(r["tag"], r["tag_written"]) for r in done] == [("Jazz", "rock"), ("", "rock"), ("", "")]
+    assert T.read_genres(library["mp3"]) == ["rock"] and len((tmp_path / "undo.jsonl").read_text().splitlines()) == 2

@@ -71,9 +71,38 @@ def list_data(s):
         genres = _pick_genres(list(GENRE_GENERATORS), s.genres)
         check_genres(genres, [s.n_per_genre] * len(genres), s, "--n-per-genre")
         return genres, None, None
-    paths, labels, genres = list_recordings(s.data_dir, s.genres)
+    if s.labels == "tags":
+        paths, labels, genres = list_tagged_recordings(s.data_dir, s.genres, min_tracks_per_genre(s.split))
+    else:
+        paths, labels, genres = list_recordings(s.data_dir, s.genres)
     check_genres(genres, np.bincount(labels, minlength=len(genres)).tolist(), s, f"--data-dir {', '.join(s.data_dir)}")
     return genres, paths, labels
+
+
+def list_tagged_recordings(data_dirs, genres=None, min_songs=1):
+    """(paths, genre indices, genres) of every audio file under the folders (any layout), labelled
+    by its own genre tag (`workbench.tags.labels_from_tags`); untagged files are listed on stderr."""
+    import sys
+
+    from workbench.tags import TagError, labels_from_tags
+
+    roots = [Path(d).expanduser() for d in data_dirs]
+    for root in roots:
+        if not root.is_dir():
+            raise FileNotFoundError(f"--data-dir {root} {'does not exist' if not root.exists() else 'is not a folder'}")
+    files = [f for root in roots for f in _audio_files(root)]
+    wanted = [g for g in genres.split(",") if g.strip()] if genres else None
+    try:
+        tagged = labels_from_tags(files, genres=wanted, min_songs=min_songs)
+    except TagError as exc:
+        raise SettingsError(f"--data-dir {', '.join(map(str, roots))} --labels tags: {exc}") from None
+    if tagged.skipped:
+        print(f"--labels tags: {len(tagged.skipped)} of {len(files)} recordings skipped (no usable genre tag):",
+              file=sys.stderr)
+        for _, reason in tagged.skipped:
+            print(f"  {reason}", file=sys.stderr)
+    names = list(tagged.counts)
+    return [Path(p) for p in tagged.paths], np.asarray([names.index(g) for g in tagged.labels]), names
 
 
 def load_synthetic(s, genres=None):

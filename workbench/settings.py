@@ -37,6 +37,11 @@ class TrainSettings:
                                  "synthetic audio.", unit="path")
     genres: str | None = _opt(None, "Comma-separated subset of the genres to train on, at least two "
                               "(default: every genre).", unit="names")
+    labels: str = _opt("folders", "Where --data-dir recordings get their genre: 'folders' (the genre sub-folder "
+                       "names) or 'tags' (each file's own genre tag, any folder layout: normalised, so 'Hip-Hop' "
+                       "and 'hip hop' are 'hiphop'; --genres chooses which to learn; recordings without a usable "
+                       "tag are listed and skipped; a genre with too few songs is refused with the counts).",
+                       choices=("folders", "tags"))
     n_per_genre: int = _opt(180, "Synthetic clips generated per genre (ignored with --data-dir).", unit="clips",
                             lo=1, hi=100_000)
     split: str = _opt("120,30,30", "Train,validation,test proportions, three numbers > 0; recordings are split "

@@ -293,9 +293,10 @@ class Outputs:
     so a crash in between only means those songs are redone on resume."""
 
     def __init__(self, out: Path, errors: Path, jsonl: Optional[Path], timeline_dir: Optional[Path],
-                 genres: List[str], top_k: int):
+                 genres: List[str], top_k: int, tags=None):
         self.genres = genres
-        self.rows = AppendLog(out, csv_header(genres, top_k))
+        self.tags = tags  # workbench.tags.LibraryTags (--compare-tags, --write-tags) or None
+        self.rows = AppendLog(out, csv_header(genres, top_k) + (tags.columns if tags else []))
         self.errors = AppendLog(errors, ["path", "reason"])
         self.jsonl_path, self.timeline_dir = jsonl, timeline_dir
         self.jsonl = None
@@ -346,6 +347,8 @@ class Outputs:
         self.jsonl = open(p, "ab")
 
     def write(self, records: Sequence[dict], failures: Sequence[Tuple[str, str]]) -> None:
+        if self.tags is not None:  # before the CSV rows: a song in the CSV has its tag written
+            failures = list(failures) + self.tags.apply(list(records))
         if self.jsonl is not None and records:
             self.jsonl.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
             self.jsonl.flush()
@@ -359,7 +362,8 @@ class Outputs:
                 bad.append((r["path"], "the path contains a line break, which one CSV line cannot hold"))
             else:
                 good.append(r)
-        self.rows.append(csv_row(r, self.genres) for r in good)
+        extra = self.tags.columns if self.tags is not None else []
+        self.rows.append(csv_row(r, self.genres) + [r.get(c, "") for c in extra] for r in good)
         self.errors.append(list(failures) + bad)
         self.done_rows.extend([r["path"], r["genre"]] for r in good)
         self.written += len(good)
@@ -383,6 +387,8 @@ class Outputs:
     def close(self) -> None:
         self.rows.close()
         self.errors.close()
+        if self.tags is not None:
+            self.tags.close()
         if self.jsonl is not None:
             self.jsonl.close()
             self.jsonl = None

@@ -419,30 +419,72 @@ def _check_counts(counts: Dict[str, int], min_songs: int, n_skipped: int) -> Non
                        "with --genres")
 
 
-def contradicted_tags(predictions: Iterable[Tuple[str, str, float]], *, min_confidence: float = 0.8
+def contradicted_tags(rows: Iterable[Tuple[str, str, float, Iterable[str]]], *, min_confidence: float = 0.8
                       ) -> List[Tuple[str, str, float, List[str]]]:
     """Songs whose tag a confident prediction contradicts (likely mislabelled), most confident first.
 
     Parameters
     ----------
-    predictions : iterable of (path, predicted genre, confidence in [0, 1])
+    rows : iterable of (path, predicted genre, confidence in [0, 1], the tag's genres)
     min_confidence : float
         Predictions below this never contradict a tag.
 
     Returns
     -------
     list of (path, predicted genre, confidence, the tag's genres)
-        Only songs with a genre tag that does not name the prediction (compared normalised);
-        unreadable or untagged files are left out.
+        Only songs with a genre tag that does not name the prediction (compared normalised).
     """
     found = []
-    for path, genre, confidence in predictions:
-        if confidence < min_confidence:
-            continue
-        try:
-            tagged = read_genres(path)
-        except TagError:
-            continue
-        if tagged and normalise_genre(genre) not in {normalise_genre(g) for g in tagged}:
+    for path, genre, confidence, tagged in rows:
+        tagged = list(tagged)
+        if confidence >= min_confidence and tagged and \
+                normalise_genre(genre) not in {normalise_genre(g) for g in tagged}:
             found.append((str(path), genre, float(confidence), tagged))
     return sorted(found, key=lambda row: -row[2])
+
+
+class LibraryTags:
+    """What ``classify.py --compare-tags`` and ``--write-tags`` do to each batch of predictions.
+
+    Parameters
+    ----------
+    compare : bool
+        Add each file's current genre tag to its record (column ``tag``, values joined by "; ").
+    write_k : int
+        0: write nothing; k: write the top-k predicted genres as the file's genre tag (column
+        ``tag_written``).
+    dry_run : bool
+        Say what would be written (``tag_written``), write nothing, log nothing.
+    undo_log : path, optional
+        Where the old values go (required when writing for real).
+    """
+
+    def __init__(self, compare: bool = False, write_k: int = 0, dry_run: bool = False,
+                 undo_log: Optional[PathLike] = None):
+        self.compare, self.write_k, self.dry_run = compare, write_k, dry_run
+        self.columns = (["tag"] if compare else []) + (["tag_written"] if write_k else [])
+        self.undo = UndoLog(undo_log) if write_k and not dry_run else None
+
+    def apply(self, records: List[dict]) -> List[Tuple[str, str]]:
+        """Fill each record's columns (read, then write: ``tag`` is the value before); return
+        (path, message) failures for files whose tag could not be written."""
+        failures = []
+        for rec in records:
+            if self.compare:
+                try:
+                    rec["tag"] = "; ".join(read_genres(rec["path"]))
+                except TagError:
+                    rec["tag"] = ""  # an untaggable container has no tag to compare
+            if self.write_k:
+                genres = [g for g, _ in rec["top"][:self.write_k]]
+                try:
+                    write_genres(rec["path"], genres, dry_run=self.dry_run, undo_log=self.undo)
+                    rec["tag_written"] = "; ".join(genres)
+                except TagError as exc:
+                    rec["tag_written"] = ""
+                    failures.append((rec["path"], str(exc)))
+        return failures
+
+    def close(self) -> None:
+        if self.undo is not None:
+            self.undo.close()
