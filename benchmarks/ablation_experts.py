@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from workbench import evaluation  # noqa: E402
 import train  # noqa: E402
-from workbench import data, settings, training  # noqa: E402
+from workbench import settings, training  # noqa: E402
+from workbench.data import feature_stats, list_recordings, load_synthetic, split_tracks, window_rows  # noqa: E402
 from configuration import MusicGenreMoEConfig  # noqa: E402
 from workbench.batch import extract_many  # noqa: E402
 from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE  # noqa: E402
@@ -117,7 +118,7 @@ def time_steps(configs, repeats, iters, batch=64):
 
 
 def normalise(x_train, *others):
-    mean, std = data.feature_stats(x_train)
+    mean, std = feature_stats(x_train)
     return [torch.from_numpy((a - mean) / std).float() for a in (x_train, *others)]
 
 
@@ -148,8 +149,8 @@ def synthetic_accuracy(configs, n_per_genre, epochs, seed=0, log=print):
     """name -> {"accuracy", "ci95", "n_test", "train_s"} on train.py's synthetic split."""
     s = settings.TrainSettings(n_per_genre=n_per_genre, epochs=epochs, t_max=epochs, seed=seed, ema_decay=0.0,
                             model={"clip_seconds": CLIP_SECONDS})  # ema_decay 0: the recipe the README figures were measured with
-    data = data.load_synthetic(s)
-    splits = data.split_tracks(data.labels, [120, 30, 30], seed)
+    data = load_synthetic(s)
+    splits = split_tracks(data.labels, [120, 30, 30], seed)
     xs = normalise(*(data.features[p] for p in splits))
     ys = [torch.from_numpy(data.labels[p]).long() for p in splits]
     results = {}
@@ -167,9 +168,9 @@ def synthetic_accuracy(configs, n_per_genre, epochs, seed=0, log=print):
 
 def load_recordings(data_dir, genres=SEED_GENRES):
     """(features (n_windows, 59), labels, tracks, track_names) of the genres' recordings, 5-s windows."""
-    paths, track_labels, _ = data.list_recordings([data_dir], ",".join(genres))
+    paths, track_labels, _ = list_recordings([data_dir], ",".join(genres))
     result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, progress=False)
-    return (*data.window_rows(result, track_labels), [str(paths[k]) for k in result.ok])
+    return (*window_rows(result, track_labels), [str(paths[k]) for k in result.ok])
 
 
 def track_folds(labels, tracks, n_folds, rng):

@@ -16,14 +16,17 @@ of gtzan-short-dev).
 
 Protocol
 --------
-Unit of splitting: the recording (track). Tracks are split by scikit-learn's StratifiedKFold
+Unit of splitting: the artist (default, ``--split-by artist``): tracks are split by scikit-learn's
+StratifiedGroupKFold over the artist groups of `artist_folds.py` (gtzan-artists.csv, emotify-dev/artists.csv;
+a blank or unknown artist is its own group), so no artist is on both sides of a split; the MoE's inner
+validation tracks are split by artist too. ``--split-by recording`` gives the earlier StratifiedKFold
 (``--folds`` folds, shuffled, ``random_state=--seed``); every track is tested exactly once.
 Windows of one track are never on both sides of a split. With several DIRs the strata are
 genre x folder (every fold tests its share of each folder's recordings of each genre), and
 every method's accuracy is also reported on each folder's test tracks apart (pooled over folds,
 with Wilson intervals; per repeat with ``--repeats``).
 
-Features: `data.load_folder` (features.extract_many: workers, cache; unreadable files are
+Features: `load_folder` (features.extract_many: workers, cache; unreadable files are
 listed and skipped), every track cut into ``clip_seconds`` windows (5 s: six per 30-s clip).
 With ``--train-args "--frontend musicnn"`` each window row also holds its 200-d musicnn embedding
 (cached), and the MoE *and* the baselines see those same rows; the MoEs start from the pretrained
@@ -33,7 +36,7 @@ sweep of inputs or window lengths).
 MoE: the recipe of `python train.py` (settings.parse_settings defaults, training.fit: AdamW, cosine
 annealing, gradient clipping, early stopping on validation loss), plus any train.py flags given
 with ``--train-args``. Early stopping needs validation tracks; they come out of the training
-fold only: data.split_tracks picks a stratified share of the fold's tracks given by train.py's
+fold only: split_tracks picks a stratified share of the fold's tracks given by train.py's
 train:val proportions (120:30, i.e. one of four tracks per genre with five tracks per genre),
 seeded by the fold, and training.fit runs on the rest. Then (``--moe-fit refit``, the default) a
 fresh MoE is trained on *every* track of the training fold for the early-stopping epoch count
@@ -92,7 +95,8 @@ sys.path.insert(0, str(ROOT))
 from workbench import evaluation  # noqa: E402
 from workbench import plots  # noqa: E402
 import train  # noqa: E402
-from workbench import data, settings, training  # noqa: E402
+from workbench import settings, training  # noqa: E402
+from workbench.data import feature_stats, load_folder, split_tracks  # noqa: E402
 from configuration import MusicGenreMoEConfig  # noqa: E402
 from modeling import MusicGenreMoE  # noqa: E402
 
@@ -110,6 +114,12 @@ def parse_args(argv=None):
                                                "merge by genre name (train.py --data-dir given more than once)")
     p.add_argument("--genres", default=None, help="comma-separated subset (default: every sub-folder)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    p.add_argument("--split-by", choices=("artist", "recording"), default="artist",
+                   help="unit of the folds: artist (StratifiedGroupKFold on the artist indexes; default) or "
+                        "recording (StratifiedKFold: optimistic on GTZAN, whose artists come in blocks)")
+    p.add_argument("--transfer", nargs="+", default=[], metavar="DIR",
+                   help="after CV, fit every method on all the data and test it on DIR's recordings of the "
+                        "genres it was trained on (e.g. emotify-dev: another collection)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1,
                    help="also rerun the CV with seeds seed+1.. (repeated k-fold) and report every repeat's "
@@ -167,30 +177,59 @@ def track_sources(data, data_dirs):
     return out
 
 
-def cv_folds(track_labels, n_folds, seed, sources=None):
+def cv_folds(track_labels, n_folds, seed, sources=None, groups=None):
     """[(train tracks, test tracks)] from a stratified, shuffled, seeded k-fold over tracks.
 
-    With `sources` (the folder of each track; several folders) the strata are genre x folder, so
-    every fold holds its share of each folder's recordings of each genre (e.g. one 30-s clip and
-    six excerpts per genre with gtzan-mini-dev + gtzan-short-dev); one folder gives the plain
-    genre-stratified folds.
+    With `groups` (each track's artist group, `track_groups`) the folds are scikit-learn's
+    StratifiedGroupKFold: no artist on both sides of a split, each fold's genre mix close to the
+    whole's. With `sources` (the folder of each track; several folders) the strata are genre x
+    folder, so every fold holds its share of each folder's recordings of each genre; one folder
+    gives the plain genre-stratified folds.
     """
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     strata = track_labels if sources is None else track_labels * (int(np.max(sources)) + 1) + sources
     _, counts = np.unique(strata, return_counts=True)
     smallest = int(counts.min())
     if smallest < 2:
         raise ValueError(f"cross-validation needs at least 2 tracks per genre (and folder), got {smallest}")
+    if groups is not None:
+        _, codes = np.unique(np.asarray(groups), return_inverse=True)
+        sgkf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        folds = [(tr, te) for tr, te in sgkf.split(np.zeros(len(track_labels)), strata, codes)]
+        assert all(not set(codes[tr]) & set(codes[te]) for tr, te in folds), "an artist on both sides of a split"
+        return folds
     k = min(n_folds, smallest)
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(tr, te) for tr, te in skf.split(np.zeros(len(track_labels)), strata)]
 
 
-def inner_split(track_labels, train_tracks, s, seed):
-    """(fit tracks, validation tracks) out of a training fold, stratified, with train.py's train:val ratio."""
+def track_groups(data):
+    """(n_tracks,) artist group of every track (`artist_folds`: gtzan-artists.csv, emotify-dev/artists.csv).
+
+    A recording the indexes do not know, or whose artist is blank, is a group of its own.
+    """
+    import artist_folds
+
+    index = {}
+    if (artist_folds.DATA / "gtzan-artists.csv").is_file():
+        index = {r.path.resolve(): artist_folds.group_key(r.artist, r.rel) for r in artist_folds.load_recordings()}
+    return np.array([index.get(Path(n).resolve(), f"<unknown>:{n}") for n in data.track_names], dtype=object)
+
+
+def inner_split(track_labels, train_tracks, s, seed, groups=None):
+    """(fit tracks, validation tracks) out of a training fold, stratified, with train.py's train:val
+    ratio; with `groups`, by artist (the early-stopping epoch is chosen on artists the fit never heard)."""
     train_w, val_w = (float(v) for v in s.split.split(",")[:2])
-    fit_idx, val_idx, _ = data.split_tracks(track_labels[train_tracks], [train_w, val_w, 0.0], seed)
+    if groups is not None:
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        k = max(2, int(round((train_w + val_w) / val_w)))
+        _, codes = np.unique(np.asarray(groups)[train_tracks], return_inverse=True)
+        fit_idx, val_idx = next(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(
+            np.zeros(len(train_tracks)), track_labels[train_tracks], codes))
+        return train_tracks[fit_idx], train_tracks[val_idx]
+    fit_idx, val_idx, _ = split_tracks(track_labels[train_tracks], [train_w, val_w, 0.0], seed)
     return train_tracks[fit_idx], train_tracks[val_idx]
 
 
@@ -212,7 +251,7 @@ def new_moe(s, genres, mean, std, init_state=None, seed=0):
 def train_moe(data, fit_tracks, val_tracks, s, init_state=None, seed=0):
     """training.fit on the fit tracks' windows, early-stopped on the validation tracks'. Returns (model, best_epoch)."""
     fit_rows, val_rows = rows_of(data, fit_tracks), rows_of(data, val_tracks)
-    mean, std = data.feature_stats(data.features[fit_rows])
+    mean, std = feature_stats(data.features[fit_rows])
     model = new_moe(s, data.genres, mean, std, init_state, seed)
     tensors = [(torch.from_numpy(data.features[r]).float(), torch.from_numpy(data.labels[r]).long())
                for r in (fit_rows, val_rows)]  # raw features: the model z-scores with its config's stats
@@ -223,7 +262,7 @@ def train_moe(data, fit_tracks, val_tracks, s, init_state=None, seed=0):
 def refit_moe(data, tracks, s, epochs, init_state=None, seed=0):
     """A fresh MoE (or one from init_state) trained on every window of `tracks` for `epochs` epochs."""
     rows = rows_of(data, tracks)
-    mean, std = data.feature_stats(data.features[rows])
+    mean, std = feature_stats(data.features[rows])
     model = new_moe(s, data.genres, mean, std, init_state, seed)
     x, y = torch.from_numpy(data.features[rows]).float(), torch.from_numpy(data.labels[rows]).long()
     training.fit(model, (x, y), None, s, log=lambda *_: None, epochs=epochs)  # fixed epochs, no validation
@@ -242,7 +281,7 @@ def logreg_window_probs(x_train, y_train, x_test, n_classes, seed=0):
     """(n_test, n_classes) probabilities of a multinomial logistic regression on z-scored windows."""
     from sklearn.linear_model import LogisticRegression
 
-    mean, std = data.feature_stats(x_train)
+    mean, std = feature_stats(x_train)
     clf = LogisticRegression(max_iter=5000, random_state=seed).fit((x_train - mean) / std, y_train)
     probs = np.zeros((len(x_test), n_classes))
     probs[:, clf.classes_] = clf.predict_proba((x_test - mean) / std)
@@ -257,7 +296,7 @@ def nn1_track_scores(x_train, y_train, x_test, test_track_ids, n_classes):
     minus the distance of the tied genre's closest window) so that argmax picks the tied genre
     with the single closest match.
     """
-    mean, std = data.feature_stats(x_train)
+    mean, std = feature_stats(x_train)
     a, b = (x_train - mean) / std, (x_test - mean) / std
     d = np.sqrt(np.maximum((b ** 2).sum(1)[:, None] + (a ** 2).sum(1)[None, :] - 2 * b @ a.T, 0.0))
     nearest = d.argmin(1)
@@ -277,7 +316,7 @@ def nn1_track_scores(x_train, y_train, x_test, test_track_ids, n_classes):
 # -- cross-validation -------------------------------------------------------------------------------
 
 
-def cross_validate(data, s, folds, methods=METHODS, init_state=None, moe_fit="refit", log=print):
+def cross_validate(data, s, folds, methods=METHODS, init_state=None, moe_fit="refit", log=print, groups=None):
     """Run every method on every fold. Returns {method: pooled results} and the MoE's best epochs.
 
     Pooled results: window-level probs/labels/tracks/gates (MoE) and track-level
@@ -296,7 +335,7 @@ def cross_validate(data, s, folds, methods=METHODS, init_state=None, moe_fit="re
         for m in methods:
             gates = None
             if m in ("moe", "moe_pretrained"):
-                fit_tracks, val_tracks = inner_split(track_labels, train_tracks, s, s.seed + f)
+                fit_tracks, val_tracks = inner_split(track_labels, train_tracks, s, s.seed + f, groups)
                 init = init_state if m == "moe_pretrained" else None
                 model, best = train_moe(data, fit_tracks, val_tracks, s, init, seed=s.seed + f)
                 if moe_fit == "refit":
@@ -412,6 +451,44 @@ def fit_final_model(data, s, epochs, out):
     return model
 
 
+def transfer(data, s, args, methods, best_epochs, log=print):
+    """Every method fitted on all of `data`, tested on the --transfer folders' recordings of its genres.
+
+    The MoE is trained for the median of the CV folds' early-stopping epochs (chosen on the
+    training collection only). Returns {method: summary} plus what was tested.
+    """
+    import dataclasses as dc
+
+    held = {d: sorted(p.name for p in Path(d).expanduser().iterdir() if p.is_dir()) for d in args.transfer}
+    shared = sorted(set(data.genres) & set().union(*held.values()))
+    if not shared:
+        raise ValueError(f"--transfer {args.transfer}: no genre in common with {data.genres}")
+    s_test = dc.replace(s, data_dir=list(args.transfer), genres=",".join(shared))
+    test = load_folder(s_test)
+    labels = np.asarray([data.genres.index(test.genres[l]) for l in test.labels])  # the training genres' indices
+    k, x_all, y_all = len(data.genres), data.features, data.labels
+    out = {"folders": [str(d) for d in args.transfer], "genres": shared, "n_tracks": len(test.track_names),
+           "skipped": [[str(p), r] for p, r in test.skipped]}
+    for m in methods:
+        if m == "moe":
+            model = refit_moe(data, np.arange(len(data.track_names)), s, int(np.median(best_epochs)), seed=s.seed)
+            probs, _ = moe_window_outputs(model, test.features)
+            t_ids, t_scores = evaluation.track_average(test.tracks, probs)
+        elif m == "logreg":
+            t_ids, t_scores = evaluation.track_average(test.tracks, logreg_window_probs(x_all, y_all, test.features, k))
+        else:
+            _, t_ids, t_scores = nn1_track_scores(x_all, y_all, test.features, test.tracks, k)
+        t_labels = np.asarray([labels[test.tracks == t][0] for t in t_ids])
+        correct = int((t_scores.argmax(1) == t_labels).sum())
+        out[m] = {"n_correct": correct, "accuracy": correct / len(t_ids),
+                  "accuracy_ci95": list(evaluation.wilson_interval(correct, len(t_ids))),
+                  "per_genre": {g: float((t_scores.argmax(1) == t_labels)[t_labels == data.genres.index(g)].mean())
+                                for g in shared}}
+        log(f"transfer to {'+'.join(Path(d).name for d in args.transfer)} ({', '.join(shared)}; {len(t_ids)} "
+            f"recordings): {m} {correct}/{len(t_ids)} = {correct / len(t_ids):.3f}")
+    return out
+
+
 def describe_prediction(path, pred):
     """Song-level result and a per-window summary as printable lines."""
     top = sorted(pred["probabilities"].items(), key=lambda kv: -kv[1])[:3]
@@ -477,7 +554,7 @@ def main(argv=None, log=print):
 def evaluate(args, argv, log):
     t_start = time.perf_counter()
     s = train_settings(args)
-    data = data.load_folder(s)
+    data = load_folder(s)
     genres = data.genres
     n_genres = len(genres)
     out = Path(args.out or ROOT / "runs" / "eval_real" / f"{'+'.join(Path(d).name for d in args.data_dir)}-{n_genres}genres")
@@ -490,12 +567,15 @@ def evaluate(args, argv, log):
     if len(set(source_names)) < len(source_names):
         source_names = [f"{i}:{n}" for i, n in enumerate(source_names)]
     multi = len(args.data_dir) > 1
-    folds = cv_folds(track_labels, args.folds, args.seed, sources if multi else None)
-    split_desc = (f"StratifiedKFold({len(folds)} folds, shuffle, random_state={args.seed}) over "
-                  f"{len(track_labels)} recordings"
+    groups = track_groups(data) if args.split_by == "artist" else None
+    folds = cv_folds(track_labels, args.folds, args.seed, sources if multi else None, groups)
+    split_desc = ((f"StratifiedGroupKFold({len(folds)} folds by artist: {len(set(groups))} artist groups, "
+                   f"shuffle, random_state={args.seed})" if groups is not None else
+                   f"StratifiedKFold({len(folds)} folds by recording, shuffle, random_state={args.seed})")
+                  + f" over {len(track_labels)} recordings"
                   + (f" (strata: genre x folder; {', '.join(f'{n} {int((sources == i).sum())}' for i, n in enumerate(source_names))})"
                      if multi else "")
-                  + "; MoE validation tracks: data.split_tracks of each training fold "
+                  + "; MoE validation tracks: split_tracks of each training fold "
                   f"with train:val {s.split.split(',')[0]}:{s.split.split(',')[1]} (seed {args.seed}+fold)"
                   + ("; then refit on the whole training fold for the early-stopping epoch count"
                      if args.moe_fit == "refit" else "; early-stopped model kept (holdout)"))
@@ -515,7 +595,8 @@ def evaluate(args, argv, log):
         raise ValueError(f"--methods: expected a subset of {','.join(METHODS)}, got {args.methods!r}")
     if "moe" not in methods and (args.predict or not args.no_sim):
         raise ValueError("--methods without moe needs --no-sim and no --predict")
-    pooled, best_epochs = cross_validate(data, s, folds, methods=methods, moe_fit=args.moe_fit, log=log)
+    pooled, best_epochs = cross_validate(data, s, folds, methods=methods, moe_fit=args.moe_fit, log=log,
+                                         groups=groups)
     summaries = {m: summarise(pooled[m], genres, sources, source_names) for m in methods}
     results["cv"] = summaries
     results["moe_best_epochs"] = best_epochs
@@ -530,8 +611,9 @@ def evaluate(args, argv, log):
         src_counts = {m: {n: [summaries[m]["by_source"][n]["n_correct"]] for n in source_names} for m in methods} if multi else {}
         for rep_seed in range(args.seed + 1, args.seed + args.repeats):
             s_rep = dataclasses.replace(s, seed=rep_seed)
-            p_rep, _ = cross_validate(data, s_rep, cv_folds(track_labels, args.folds, rep_seed, sources if multi else None),
-                                      methods=methods, moe_fit=args.moe_fit, log=lambda *_: None)
+            p_rep, _ = cross_validate(data, s_rep, cv_folds(track_labels, args.folds, rep_seed, sources if multi else None,
+                                                            groups),
+                                      methods=methods, moe_fit=args.moe_fit, log=lambda *_: None, groups=groups)
             for m in methods:
                 counts[m].append(int((p_rep[m]["t_scores"].argmax(1) == p_rep[m]["t_labels"]).sum()))
                 if multi:
@@ -566,6 +648,9 @@ def evaluate(args, argv, log):
             missing = [g for g in genres if g not in shared]
             results["pretraining"] = f"skipped: no synthetic generator for {missing}"
         results["timings"]["sim_s"] = time.perf_counter() - t1
+
+    if args.transfer:
+        results["transfer"] = transfer(data, s, args, methods, best_epochs, log)
 
     if args.predict:
         epochs = int(np.median(best_epochs))
@@ -630,6 +715,16 @@ def format_report(results, args, s):
                   f"pre-trained early-stopping epochs per fold: {p['pretrained_best_epochs']}"]
     elif "pretraining" in results:
         lines += ["", f"### Synthetic pre-training: {results['pretraining']}"]
+    if "transfer" in results:
+        tr = results["transfer"]
+        lines += ["", f"### Another collection: fitted on all {results['n_tracks']} recordings, tested on "
+                      f"{tr['n_tracks']} of {', '.join(Path(d).name for d in tr['folders'])} ({', '.join(tr['genres'])})", "",
+                  "| method | correct | accuracy [95% CI] | per genre |", "| --- | --- | --- | --- |"]
+        for m in (m for m in METHODS if m in tr):
+            r = tr[m]
+            lines.append(f"| {METHOD_NAMES[m]} | {r['n_correct']}/{tr['n_tracks']} | {r['accuracy']:.3f} "
+                         f"[{r['accuracy_ci95'][0]:.3f}, {r['accuracy_ci95'][1]:.3f}] | "
+                         + ", ".join(f"{g} {v:.2f}" for g, v in r["per_genre"].items()) + " |")
     if "predictions" in results:
         f = results["final_model"]
         lines += ["", f"### Predictions of the final model ({f['rule']}: {f['epochs']} epochs; {f['path']})", ""]

@@ -51,7 +51,7 @@ The pretrained front end (``--frontend musicnn``)
 Rows are the 59 features then the window's 200-d musicnn embedding (`extract_many(...,
 frontend="musicnn")`, cached). Methods: ``raw euclidean`` (the baseline every difference is taken
 to, paired: same episodes and queries) and ``raw logreg``; ``musicnn`` the embedding z-scored with
-the train genres' `data.feature_stats` (Euclidean = prototype_space "frontend"; cosine; centred
+the train genres' `feature_stats` (Euclidean = prototype_space "frontend"; cosine; centred
 cosine), ``musicnn l2`` the embedding L2-normalised without z-scoring (cosine), ``musicnn logreg``;
 ``concat`` all 259 z-scored values (Euclidean = prototype_space "features" of a musicnn model;
 cosine; logreg); ``mlp fused euclidean``, the fused expert embedding of a MoE trained on the 259
@@ -73,7 +73,7 @@ With gtzan-short-dev's excerpts added as more recordings (two folders, ``--shot-
 The model's own path (``--model-path``)
 ---------------------------------------
 Rows ``model SPACE METRIC`` run what a trained model does, not a re-implementation: the model
-`training.build_model` makes for the train genres (their `data.feature_stats`, ``--prototype-space``
+`training.build_model` makes for the train genres (their `feature_stats`, ``--prototype-space``
 / ``--prototype-metric`` as given, or train.py's defaults for the front end), ``add_genre`` per
 class from the raw support rows, then its prototype scores of the raw queries (``predict``'s
 `_prototype_scores` of `fewshot_embed`), 5-way. With ``--frontend musicnn`` the default row is
@@ -100,7 +100,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from workbench import fewshot  # noqa: E402
 import train  # noqa: E402
-from workbench import data, settings, training  # noqa: E402
+from workbench import settings, training  # noqa: E402
+from workbench.data import feature_stats, list_recordings, window_rows  # noqa: E402
 from ablation_experts import train_fixed_epochs  # noqa: E402
 from workbench.batch import extract_many  # noqa: E402
 from configuration import MusicGenreMoEConfig  # noqa: E402
@@ -154,16 +155,16 @@ def load_pool(data_dirs, genres, frontend="none", clip_seconds=CLIP_SECONDS):
     with frontend="musicnn" each row is the 59 features then the window's 200-d musicnn embedding.
     `starts[t]` are the first samples (22,050 Hz) of track t's kept windows.
     """
-    paths, path_labels, _ = data.list_recordings(data_dirs, ",".join(genres))  # merged by genre, in this order
+    paths, path_labels, _ = list_recordings(data_dirs, ",".join(genres))  # merged by genre, in this order
     result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=clip_seconds, progress=False,
                           frontend=None if frontend == "none" else frontend)
-    feats, labels, tracks = data.window_rows(result, path_labels)
+    feats, labels, tracks = window_rows(result, path_labels)
     return feats, labels, tracks, [str(paths[k]) for k in result.ok], list(result.starts)
 
 
 def zscore(x_train, *others):
-    """Rows z-scored with the train rows' `data.feature_stats` (what a trained model's config holds)."""
-    mean, std = data.feature_stats(x_train)
+    """Rows z-scored with the train rows' `feature_stats` (what a trained model's config holds)."""
+    mean, std = feature_stats(x_train)
     return [torch.from_numpy((x - mean) / std).float() for x in (x_train, *others)]
 
 
@@ -190,7 +191,7 @@ def embeddings(model, x):
 def model_path_model(x_tr, genres, frontend, space_metric=None, clip_seconds=CLIP_SECONDS):
     """The model train.py would build for the train genres, to run its own few-shot path.
 
-    `training.build_model` with the train genres' `data.feature_stats` (what a trained model's config
+    `training.build_model` with the train genres' `feature_stats` (what a trained model's config
     holds) and `--prototype-space` / `--prototype-metric` from `space_metric` ("space:metric"), or
     train.py's defaults for this front end when None. Its MoE weights stay untrained: the spaces
     allowed here ("features", "frontend", "frontend_raw") read only the inputs and the stats.
@@ -202,7 +203,7 @@ def model_path_model(x_tr, genres, frontend, space_metric=None, clip_seconds=CLI
     s = settings.parse_settings(flags)
     if s.model["prototype_space"] == "embedding":
         raise ValueError("--model-path: the 'embedding' space needs a trained MoE; use the --variants rows")
-    mean, std = data.feature_stats(x_tr)
+    mean, std = feature_stats(x_tr)
     return training.build_model(genres, mean, std, s).eval()
 
 
@@ -364,7 +365,7 @@ def feature_methods(x_tr, y_tr, x_te, alpha=1.0, frontend="none"):
     """The training-free methods: name -> spec for `score_methods`, and the z-scored test rows.
 
     x_tr, x_te: raw rows (59, or 59 + 200 with musicnn) of the train and test genres. Each space is
-    z-scored with the train genres' stats (`data.feature_stats`), as a trained model's config does:
+    z-scored with the train genres' stats (`feature_stats`), as a trained model's config does:
     ``raw`` the 59 features (prototype_space "features" of a model without a front end), ``musicnn``
     the 200-d embedding alone (prototype_space "frontend"), ``concat`` all 259 (prototype_space
     "features" of a musicnn model); ``musicnn l2`` is the embedding L2-normalised without z-scoring.

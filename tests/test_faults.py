@@ -7,6 +7,7 @@ energies of the waveform) wherever a test needs a finished run, so the training 
 runs for real in seconds.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -68,12 +69,12 @@ def no_extraction(*args, **kwargs):
 
 @pytest.fixture
 def refuse_extraction(monkeypatch):
-    monkeypatch.setattr(train, "extract_many", no_extraction)
+    monkeypatch.setattr(data, "extract_many", no_extraction)
 
 
 @pytest.fixture
 def fast_extraction(monkeypatch):
-    monkeypatch.setattr(train, "extract_many", fake_extract_many)
+    monkeypatch.setattr(data, "extract_many", fake_extract_many)
 
 
 def quiet(*_, **__):
@@ -136,7 +137,7 @@ def test_help_gives_each_flag_a_sentence_choices_and_unit():
                        timeout=120, cwd=ROOT)
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
-    flags = [f.name for f in train.dataclasses.fields(settings.TrainSettings) if f.name != "model"]
+    flags = [f.name for f in dataclasses.fields(settings.TrainSettings) if f.name != "model"]
     flags += list(settings.MODEL_FLAGS)
     for name in flags:
         flag = "--" + name.replace("_", "-")
@@ -228,7 +229,7 @@ def test_out_filled_during_training_keeps_both(tmp_path, fast_extraction, monkey
         (out / "theirs.txt").write_text("another run's file")
         return m
 
-    monkeypatch.setattr(train, "train_and_write", meanwhile)
+    monkeypatch.setattr(runs, "train_and_write", meanwhile)
     with pytest.raises(settings.SettingsError, match="kept in") as e:
         train.main(["--out", str(out), "--no-plots", *FAST], log=quiet)
     kept = Path(str(e.value).rsplit("kept in ", 1)[1])
@@ -336,6 +337,7 @@ def test_killed_training_leaves_no_half_run_and_the_next_run_cleans_up(tmp_path,
         import sys
         sys.path[:0] = [{str(ROOT)!r}, {str(Path(__file__).parent)!r}]
         import train, test_faults
+        from workbench import data
         data.extract_many = test_faults.fake_extract_many
         train.main(["--out", {str(out)!r}, "--quick", "--n-per-genre", "8", "--epochs", "100000", "--patience",
                     "100000", "--cache-dir", "none", "--n-jobs", "1"], log=lambda *a: print(*a, flush=True))
@@ -363,7 +365,7 @@ def test_killed_training_leaves_no_half_run_and_the_next_run_cleans_up(tmp_path,
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
-    mp.setattr(train, "extract_many", fake_extract_many)
+    mp.setattr(data, "extract_many", fake_extract_many)
     try:
         out = tmp_path_factory.mktemp("finished") / "run"
         train.main(["--out", str(out), *FAST], log=quiet)

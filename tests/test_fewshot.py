@@ -2,13 +2,14 @@
 and the episodic training flag."""
 
 import numpy as np
+from workbench.data import feature_stats  # noqa: E402
 import pytest
 import torch
 import torch.nn.functional as F
 
 from workbench import fewshot
 import train
-from workbench import data, settings, training  # noqa: E402
+from workbench import settings, training  # noqa: E402
 from configuration import MusicGenreMoEConfig
 from modeling import MusicGenreMoE
 
@@ -459,7 +460,7 @@ def test_fewshot_eval_musicnn_spaces_and_paired_differences():
     assert {"raw euclidean", "raw logreg", fe.MUSICNN_PRIMARY, "musicnn l2 (cosine, not z-scored)",
             "concat euclidean", "concat logreg"} <= set(methods)
     assert z_te.shape == (len(labels), 59) and methods["concat euclidean"][0][0].shape == (len(labels), 259)
-    mean, std = data.feature_stats(x[:, 59:])
+    mean, std = feature_stats(x[:, 59:])
     np.testing.assert_allclose(methods["musicnn euclidean"][0][0].numpy(), (x[:, 59:] - mean) / std, rtol=1e-5, atol=1e-5)
     episodes = fe.draw_episodes(labels, tracks, 5, 2, 3, 20, "window")
     keep = {n: methods[n] for n in ("raw euclidean", "musicnn euclidean", fe.MUSICNN_PRIMARY, "musicnn logreg")}

@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 
 import train
-from workbench import data, settings  # noqa: E402
+from workbench import settings  # noqa: E402
+from workbench.data import list_recordings, load_folder, split_tracks  # noqa: E402
 from features import SAMPLE_RATE, split_windows
 from modeling import MusicGenreMoE
 from workbench.synth import generate_clip
@@ -59,7 +60,7 @@ def run(folder, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(folder):
-    return data.load_folder(settings.parse_settings(["--data-dir", str(folder), "--cache-dir", "none", "--n-jobs", "2",
+    return load_folder(settings.parse_settings(["--data-dir", str(folder), "--cache-dir", "none", "--n-jobs", "2",
                                                    *FEATURES_ONLY]))
 
 
@@ -77,7 +78,7 @@ def test_every_format_is_read_and_cut_into_windows(data, folder):
 
 def test_split_never_leaks_a_track(data):
     track_labels = eval_real.track_labels_of(data)
-    parts = data.split_tracks(track_labels, [120, 30, 30], seed=0)
+    parts = split_tracks(track_labels, [120, 30, 30], seed=0)
     assert all(len(p) > 0 for p in parts)
     assert sorted(np.concatenate(parts).tolist()) == list(range(len(track_labels)))
     side = np.full(len(data.labels), -1)
@@ -155,7 +156,7 @@ def test_eval_real_sim_to_real_and_pretraining(folder, tmp_path):
 
 @pytest.mark.skipif(not (SHARED_DATA / "gtzan-mini-dev").is_dir(), reason="shared GTZAN clips absent")
 def test_gtzan_folder_lists_five_recordings_per_genre():
-    paths, labels, genres = data.list_recordings(SHARED_DATA / "gtzan-mini-dev", "blues,classical,jazz,pop,rock")
+    paths, labels, genres = list_recordings(SHARED_DATA / "gtzan-mini-dev", "blues,classical,jazz,pop,rock")
     assert genres == ["blues", "classical", "jazz", "pop", "rock"]
     assert np.bincount(labels).tolist() == [5] * 5 and all(p.suffix == ".wav" for p in paths)
 
@@ -169,7 +170,7 @@ def test_several_data_dirs_merge_by_genre_name(tmp_path):
             (tmp_path / root / g / f"{root}-{g}.wav").write_bytes(b"")
     s = settings.parse_settings(["--data-dir", str(tmp_path / "a"), "--data-dir", str(tmp_path / "b")])
     assert s.data_dir == [str(tmp_path / "a"), str(tmp_path / "b")]
-    paths, labels, genres = data.list_recordings(s.data_dir)
+    paths, labels, genres = list_recordings(s.data_dir)
     assert genres == ["jazz", "pop", "rock"]
     assert sorted(p.name for p, label in zip(paths, labels) if genres[label] == "rock") == ["a-rock.wav", "b-rock.wav"]
     assert settings.public_settings(s)["data_dir"] == ["a", "b"]
@@ -196,7 +197,7 @@ def test_ray_flag_sends_the_folder_extraction_to_ray(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ray_backend, "extract_many_ray", on_ray)
     s = settings.parse_settings(["--data-dir", str(tmp_path), "--ray", "auto", "--cache-dir", "none", *FEATURES_ONLY])
-    data = data.load_folder(s)
+    data = load_folder(s)
     assert calls == [{"sr": 22050, "clip_seconds": 5.0, "cache_dir": False, "address": "auto", "frontend": "none"}]
     assert len(data.track_names) == 6
     assert settings.public_settings(s)["ray"] == "cluster"

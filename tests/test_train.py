@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import train
-from workbench import data, settings, training  # noqa: E402
+from workbench import settings, training  # noqa: E402
+from workbench.data import Dataset, prepare_splits, split_tracks  # noqa: E402
 from modeling import MusicGenreMoE, load_moe_model, predict_audio_file, pretty_predict
 
 FIGURES = ("genre_spectrograms.png", "training_curves.png", "confusion_matrix.png", "expert_gates.png",
@@ -78,12 +79,12 @@ def test_seed_api_predicts_a_generated_song(quick_training, tmp_path, capsys):
 
 def test_split_is_stratified_and_disjoint():
     labels = np.repeat(np.arange(5), 180)
-    tr, va, te = data.split_tracks(labels, [120, 30, 30], seed=3)
+    tr, va, te = split_tracks(labels, [120, 30, 30], seed=3)
     assert not (set(tr) & set(va) or set(tr) & set(te) or set(va) & set(te))
     for g in range(5):
         assert [np.sum(labels[p] == g) for p in (tr, va, te)] == [120, 30, 30]
     small = np.repeat(np.arange(3), 5)  # five recordings per genre, as in gtzan-mini-dev
-    tr, va, te = data.split_tracks(small, [4, 1, 1], seed=0)
+    tr, va, te = split_tracks(small, [4, 1, 1], seed=0)
     assert all(np.sum(small[p] == g) >= 1 for p in (tr, va, te) for g in range(3))
 
 
@@ -93,13 +94,13 @@ def small_dataset(n_tracks=12, windows=3, genres=("a", "b", "c"), seed=0):
     tracks = np.repeat(np.arange(n_tracks), windows)
     labels = labels_per_track[tracks]
     feats = (rng.normal(size=(len(tracks), 59)) * 10 + 100 + labels[:, None]).astype(np.float32)
-    return data.Dataset(feats, labels, tracks, [f"t{i}" for i in range(n_tracks)], list(genres), "x", [], {})
+    return Dataset(feats, labels, tracks, [f"t{i}" for i in range(n_tracks)], list(genres), "x", [], {})
 
 
 def test_prepare_splits_and_build_model_are_what_main_uses():
     data = small_dataset()
     s = settings.parse_settings(["--split", "2,1,1", "--seed", "4", "--hidden-size", "16"])
-    sp = data.prepare_splits(data, s)
+    sp = prepare_splits(data, s)
     assert sum(len(t) for t in sp.tracks) == 12 and not set(sp.tracks[0]) & set(sp.tracks[2])
     for part, rows in zip(sp.tracks, sp.rows):  # windows of a track stay on its side
         assert set(data.tracks[rows]) == set(part)
@@ -115,7 +116,7 @@ def test_input_gradient_importance_is_per_standard_deviation():
     """Importance of raw feature j = mean |d logit / d z_j| (z-scored units), whatever its scale."""
     data = small_dataset()
     s = settings.parse_settings(["--split", "2,1,1"])
-    sp = data.prepare_splits(data, s)
+    sp = prepare_splits(data, s)
     torch.manual_seed(0)
     model = training.build_model(data.genres, sp.mean, sp.std, s).eval()
     x, y = sp.tensors[2]
