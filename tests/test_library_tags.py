@@ -112,3 +112,70 @@ def test_tag_flags_are_checked(tmp_path, quick_run, capsys):
                            (["--write-tags", "99"], "--write-tags 99: the model has only")):
         assert run(song, "--model", quick_run, "--out", tmp_path / "o.csv", *flags) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tagged_library(tmp_path_factory):
+    """Nine 6-s M4A songs of three synthetic genres, labelled only by their tags (flat folder),
+    plus an untagged FLAC; and the same songs as a save_to_disk dataset holding their bytes."""
+    import datasets
+    from workbench import synth
+    from audio_library import write_with_pyav
+
+    root = tmp_path_factory.mktemp("tagged")
+    rng = np.random.default_rng(0)
+    files, names = [], []
+    for genre, tag, n in (("rock", "Rock", 4), ("classical", "Classical", 4), ("jazz", "Jazz", 1)):
+        for i in range(n):
+            y = synth.generate_clip(genre, rng, duration=6.0)
+            path = root / f"{genre}{i}.m4a"
+            write_with_pyav(path, np.round(np.stack([y, y], 1) * 32767).astype(np.int16), 22050, "aac", "ipod")
+            T.write_genres(path, [tag.upper() if i % 2 else tag])
+            files.append(path)
+            names.append(genre)
+    import soundfile as sf
+    sf.write(root / "untagged.flac", np.stack([y, y], 1), 22050)
+    genres = sorted(set(names))
+    # from_dict with an Audio feature would encode through torchcodec: a struct, then cast (no decoding)
+    features = datasets.Features({"audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
+                                  "genre": datasets.ClassLabel(names=genres)})
+    cells = [{"bytes": f.read_bytes(), "path": f.name} for f in files]
+    ds = datasets.Dataset.from_dict({"audio": cells, "genre": [genres.index(g) for g in names]}, features=features)
+    ds.cast_column("audio", datasets.Audio(decode=False)).save_to_disk(str(root.parent / "tagged_ds"))
+    return root, root.parent / "tagged_ds"
+
+
+def test_train_labels_from_tags(tagged_library, capsys):
+    from workbench import data, settings
+
+    root, _ = tagged_library
+    s = settings.parse_settings(["--data-dir", str(root), "--labels", "tags", "--genres", "Rock,classical"])
+    genres, paths, labels = data.list_data(s)
+    assert genres == ["rock", "classical"] and sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert all(("rock" in p.name) == (l == 0) for p, l in zip(paths, labels))
+    err = capsys.readouterr().err
+    assert "2 of 10 recordings skipped" in err and "genre jazz not among rock, classical" in err
+    assert "untagged.flac: no genre tag" in err
+    with pytest.raises(settings.SettingsError, match=r"genre jazz has fewer than 3 songs \(songs per genre: "
+                                                     r"classical 4, rock 4, jazz 1\)"):
+        data.list_data(settings.parse_settings(["--data-dir", str(root), "--labels", "tags"]))
+
+
+def test_train_from_a_dataset(tagged_library, tmp_path):
+    import json
+
+    import train
+    from workbench import settings
+
+    _, saved = tagged_library
+    out = tmp_path / "run"
+    train.main(["--dataset", str(saved), "--genres", "rock,classical", "--epochs", "1", "--no-plots",
+                "--frontend", "none", "--out", str(out), "--cache-dir", "none", "--n-jobs", "1"], log=lambda *a, **k: None)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"]["source"] == "dataset" and metrics["dataset"]["genres"] == ["rock", "classical"]
+    assert metrics["dataset"]["n_tracks"] == [4, 2, 2] and metrics["train_args"]["dataset"] == "tagged_ds"
+    with pytest.raises(settings.SettingsError, match=r"only used with --dataset"):
+        train.main(["--label-column", "genre", "--out", str(tmp_path / "x")], log=lambda *a, **k: None)
+    with pytest.raises(settings.SettingsError, match=r"has one split \(train\), not .valid."):
+        train.main(["--dataset", str(saved), "--dataset-split", "valid", "--out", str(tmp_path / "y")],
+                   log=lambda *a, **k: None)

@@ -55,7 +55,7 @@ class Dataset:
 def load_dataset(s):
     """Check the data the flags name (before any extraction), then extract its features."""
     genres, paths, labels = list_data(s)
-    if s.data_dir is None:
+    if s.data_dir is None and not s.dataset:
         return load_synthetic(s, genres)
     return load_folder(s, (paths, labels, genres))
 
@@ -63,8 +63,13 @@ def load_dataset(s):
 def list_data(s):
     """(genres, paths, labels) of the run's data, refused up front when it cannot make a run.
 
-    Synthetic data has no paths (None); its counts come from --n-per-genre.
+    Synthetic data has no paths (None); its counts come from --n-per-genre. A --dataset's "paths"
+    are its rows as extraction sources (`workbench.hf_data.DatasetSources`, decoded lazily).
     """
+    if s.dataset:
+        return list_hf_dataset(s)
+    if any(getattr(s, f) is not None for f in ("audio_column", "label_column", "dataset_split")):
+        raise SettingsError("--audio-column, --label-column and --dataset-split: only used with --dataset")
     if s.data_dir is None:
         from workbench.synth import GENRE_GENERATORS
 
@@ -77,6 +82,28 @@ def list_data(s):
         paths, labels, genres = list_recordings(s.data_dir, s.genres)
     check_genres(genres, np.bincount(labels, minlength=len(genres)).tolist(), s, f"--data-dir {', '.join(s.data_dir)}")
     return genres, paths, labels
+
+
+def list_hf_dataset(s):
+    """(genres, sources, labels) of a --dataset: its labelled rows, genres as --genres chooses."""
+    from workbench.hf_data import DatasetError, DatasetSources, load_audio_dataset
+
+    if s.data_dir is not None or s.labels == "tags" or s.ray is not None:
+        raise SettingsError(f"--dataset {s.dataset}: not with {'--data-dir' if s.data_dir else '--labels tags' if s.labels == 'tags' else '--ray'}")
+    try:
+        loaded = load_audio_dataset(s.dataset, split=s.dataset_split, audio_column=s.audio_column,
+                                    label_column=s.label_column)
+    except DatasetError as exc:
+        raise SettingsError(str(exc)) from None
+    sources = DatasetSources(loaded, SAMPLE_RATE)
+    genres = _pick_genres(sorted(set(sources.labels)), s.genres)
+    if s.genres:  # only the chosen genres' rows
+        keep = [k for k, g in enumerate(sources.labels) if g in genres]
+        sources.index, sources.names = [sources.index[k] for k in keep], [sources.names[k] for k in keep]
+        sources.labels = [sources.labels[k] for k in keep]
+    labels = np.asarray([genres.index(g) for g in sources.labels])
+    check_genres(genres, np.bincount(labels, minlength=len(genres)).tolist(), s, f"--dataset {s.dataset}")
+    return genres, sources, labels
 
 
 def list_tagged_recordings(data_dirs, genres=None, min_songs=1):
@@ -177,6 +204,7 @@ def data_roots(data):
 
 def load_folder(s, listed=None):
     paths, labels, genres = listed or list_recordings(s.data_dir, s.genres)
+    what = f"--dataset {s.dataset}" if s.dataset else f"--data-dir {', '.join(s.data_dir)}"
     clip_seconds = s.model["clip_seconds"]
     if s.ray is None:
         result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=clip_seconds, n_jobs=s.n_jobs, cache_dir=_cache(s),
@@ -189,18 +217,21 @@ def load_folder(s, listed=None):
     # Unreadable files drop out: the split must still find enough readable recordings per genre.
     readable = np.bincount(labels[np.asarray(result.ok, dtype=int)], minlength=len(genres)).tolist()
     try:
-        check_genres(genres, readable, s, f"--data-dir {', '.join(s.data_dir)} (readable recordings)")
+        check_genres(genres, readable, s, f"{what} (readable recordings)")
     except SettingsError as e:
         raise SettingsError(f"{e}; skipped: {result.failures[:3]}") from None
     feats, rows_label, rows_track = window_rows(result, labels)
-    names = [str(paths[idx]) for idx in result.ok]
+    names = [str(n) for n in getattr(paths, "names", paths)]  # a dataset's rows: their recording ids
+    names = [names[idx] for idx in result.ok]
     examples = {}
     for i, g in enumerate(genres):
         first = next((paths[k] for k in result.ok if labels[k] == i), None)
         if first is not None:
-            examples[g] = load_audio(first, sr=SAMPLE_RATE)[: int(clip_seconds * SAMPLE_RATE)]
-    return Dataset(feats, rows_label, rows_track, names, genres, os.pathsep.join(str(Path(d).expanduser()) for d in s.data_dir),
-                   list(result.failures), examples)
+            y = first if isinstance(first, np.ndarray) else load_audio(first, sr=SAMPLE_RATE)
+            examples[g] = y[: int(clip_seconds * SAMPLE_RATE)]
+    source = s.dataset if s.dataset else os.pathsep.join(str(Path(d).expanduser()) for d in s.data_dir)
+    skipped = list(result.failures) + sorted(getattr(paths, "errors", {}).items())
+    return Dataset(feats, rows_label, rows_track, names, genres, source, skipped, examples)
 
 
 def _pick_genres(available, wanted):

@@ -29,7 +29,7 @@ import numpy as np
 
 from decoding import AudioError, decode_audio, is_audio_file
 
-__all__ = ["DatasetError", "LoadedDataset", "Recording", "load_audio_dataset", "rows", "decode_row",
+__all__ = ["DatasetError", "LoadedDataset", "Recording", "DatasetSources", "load_audio_dataset", "rows", "decode_row",
            "iter_recordings"]
 
 #: Top-level folder names an audiofolder treats as splits.
@@ -285,3 +285,39 @@ def iter_recordings(loaded: LoadedDataset, sr: int = 22050, *,
             errors.append((rec, str(exc)))
             continue
         yield Recording(rec, label, waveform, sr)
+
+
+class DatasetSources:
+    """A dataset's labelled rows as the sources `workbench.batch.extract_many` takes, decoded lazily.
+
+    Item ``i`` is the row's file path when the dataset points at a local file without its bytes (the
+    feature cache then keys it by the file), else the row decoded to (n_samples,) float32 at ``sr``.
+    ``names`` are the rows' recording ids (:func:`rows`); rows without a label are left out and
+    listed in ``unlabelled``.
+    """
+
+    def __init__(self, loaded: LoadedDataset, sr: int = 22050):
+        self.loaded, self.sr = loaded, sr
+        listed = rows(loaded)
+        self.index = [i for i, (_, label) in enumerate(listed) if label is not None]
+        self.names = [listed[i][0] for i in self.index]
+        self.labels = [listed[i][1] for i in self.index]
+        self.unlabelled = [rec for rec, label in listed if label is None]
+        self.errors = {}  # recording id -> why its audio could not be decoded
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int):
+        i = self.index[k]
+        cell = self.loaded.dataset[i][self.loaded.audio_column] or {}
+        if not cell.get("bytes") and cell.get("path") and Path(cell["path"]).is_file():
+            return cell["path"]
+        try:
+            return decode_row(self.loaded, i, self.sr)
+        except AudioError as exc:  # the extractor then fails this source ("empty"); the reason is kept here
+            self.errors[self.names[k]] = str(exc)
+            return np.zeros(0, np.float32)
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))

@@ -166,7 +166,8 @@ def write_run(s, log=print):
         raise SettingsError(f"--out {out}: cannot create the run folder there ({e.strerror or e})") from e
     try:
         torch.manual_seed(s.seed)
-        data = load_synthetic(s, genres) if s.data_dir is None else load_folder(s, (paths, labels, genres))
+        synthetic = s.data_dir is None and not s.dataset
+        data = load_synthetic(s, genres) if synthetic else load_folder(s, (paths, labels, genres))
         timings["data_and_features_s"] = time.perf_counter() - t0
         for path, reason in data.skipped:
             log(f"skipped {path}: {reason}")
@@ -229,7 +230,7 @@ def dataset_summary(data, s, sp):
     synthetic = data.source == "synthetic"
     roots = [] if synthetic else data_roots(data)
     return {"name": "synthetic" if synthetic else "+".join(r.name for r in roots),
-            "source": "synthetic" if synthetic else "data-dir",
+            "source": "synthetic" if synthetic else "dataset" if s.dataset else "data-dir",
             "genres": list(data.genres),
             "n_tracks": [len(p) for p in sp.tracks], "n_windows": [len(r) for r in sp.rows],
             "split": f"stratified by {'clip' if synthetic else 'recording'}, "

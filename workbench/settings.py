@@ -37,6 +37,15 @@ class TrainSettings:
                                  "synthetic audio.", unit="path")
     genres: str | None = _opt(None, "Comma-separated subset of the genres to train on, at least two "
                               "(default: every genre).", unit="names")
+    dataset: str | None = _opt(None, "Train from a Hugging Face datasets dataset instead of --data-dir: a Hub id "
+                               "(e.g. marsyas/gtzan, needs a network), a save_to_disk folder or an audiofolder "
+                               "directory; split by recording like folders.", unit="name")
+    audio_column: str | None = _opt(None, "With --dataset: the audio column (default: the first Audio column, "
+                                    "or 'audio').", unit="name")
+    label_column: str | None = _opt(None, "With --dataset: the genre column (default: the first ClassLabel "
+                                    "column, or 'label', or 'genre').", unit="name")
+    dataset_split: str | None = _opt(None, "With --dataset: the dataset's split(s) to use, joined by '+' (e.g. "
+                                     "train+test; default: every split, as --split makes its own).", unit="names")
     labels: str = _opt("folders", "Where --data-dir recordings get their genre: 'folders' (the genre sub-folder "
                        "names) or 'tags' (each file's own genre tag, any folder layout: normalised, so 'Hip-Hop' "
                        "and 'hip hop' are 'hiphop'; --genres chooses which to learn; recordings without a usable "
@@ -163,7 +172,7 @@ def parse_settings(argv=None, description=None):
     resolved |= {name: getattr(config_defaults, name) for name in MODEL_FLAGS}
     if given.get("quick"):
         resolved |= QUICK
-    if given.get("data_dir"):
+    if given.get("data_dir") or given.get("dataset"):
         resolved |= REAL_DATA
     resolved |= FRONTEND_FEWSHOT.get(given.get("frontend", resolved["frontend"]), {})
     resolved |= given
@@ -264,6 +273,8 @@ def public_settings(s):
     args.pop("out")
     if args["data_dir"] is not None:
         args["data_dir"] = [Path(d).expanduser().name for d in args["data_dir"]]
+    if args.get("dataset") and Path(args["dataset"]).expanduser().exists():  # a local folder: its name only
+        args["dataset"] = Path(args["dataset"]).expanduser().name
     if args["cache_dir"] not in (None, "none"):
         args["cache_dir"] = "custom"
     if args["ray"] not in (None, "local"):
