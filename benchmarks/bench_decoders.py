@@ -89,7 +89,15 @@ def _child(path: str, how: str, decoder: str) -> None:
     before = _rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset VmHWM to the current RSS, so the peak is the decoding's
-    if how == "whole":
+    if how == "predict_audio":  # the whole song path: decode, windows, features, model (decoder: a model folder)
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(decoder, trust_remote_code=True)
+        before = _rss_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        n = model.predict_audio(path)["num_windows"]
+    elif how == "whole":
         n = len(D.decode_audio(path, SR, decoder=decoder))
     else:
         n = sum(len(block) for block in D.iter_audio(path, SR, decoder=decoder))
@@ -106,6 +114,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--songs", type=int, default=20, help="songs per format (default 20)")
     parser.add_argument("--hours", type=float, default=2.0, help="length of the long file (default 2)")
+    parser.add_argument("--model", help="also measure model.predict_audio on the long file (a save_pretrained "
+                        "folder, e.g. runs/latest/hf_model)")
+    parser.add_argument("--skip-speed", action="store_true", help="memory only")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -113,7 +124,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench_decoders_") as scratch:
         scratch = Path(scratch)
-        for label, paths in song_sets(args.songs, scratch).items():
+        for label, paths in ({} if args.skip_speed else song_sets(args.songs, scratch)).items():
             decoders = ("av",) if label == "M4A" else ("soundfile", "av")
             rates = songs_per_minute(paths, decoders)
             line = ", ".join(f"{d} {r:.0f} songs/min" for d, r in rates.items())
@@ -128,6 +139,9 @@ def main() -> None:
                 mb, n = peak_memory(long_wav, how, decoder)
                 result = f"result {n * 4 / 1e6:.0f} MB" if how == "whole" else "blocks dropped"
                 print(f"  {how:6s} {decoder:9s}: {mb:5.0f} MB ({result})")
+        if args.model:
+            mb, n = peak_memory(long_wav, "predict_audio", str(Path(args.model).resolve()))
+            print(f"  model.predict_audio: {mb:5.0f} MB ({n} windows)")
 
 
 if __name__ == "__main__":

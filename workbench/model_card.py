@@ -414,6 +414,8 @@ def files_section(files):
         "modeling.py": "`MusicGenreMoE`: experts, gate, losses, `predict`, `predict_audio`",
         "kan.py": "Kolmogorov-Arnold layer (used when `expert_type=\"kan\"`)",
         "features.py": "audio loading and the 59 features",
+        "decoding.py": "audio files to mono samples: soundfile, and PyAV for M4A/AAC/ALAC, WMA and video sound "
+                       "when `av` is installed",
         "frontend.py": "the musicnn front end in PyTorch and its log-mel input",
         "prototypes.py": "prototype maths of few-shot genres (`add_genre`)",
         "LICENSE-musicnn": "ISC licence of the musicnn weights",
