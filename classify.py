@@ -109,13 +109,13 @@ def parse_args(argv=None):
     t.add_argument("--compare-tags", action="store_true",
                    help="add each file's current genre tag (column tag) and list the songs whose tag a confident "
                         "prediction contradicts, most confident first (<out>.mislabelled.csv)")
-    t.add_argument("--min-confidence", type=float, default=0.8,
+    t.add_argument("--min-confidence", type=float, default=0.8, metavar="P",
                    help="with --compare-tags: the confidence from which a prediction contradicts a tag (default 0.8)")
     t.add_argument("--write-tags", type=int, nargs="?", const=1, default=0, metavar="K",
                    help="write the predicted genre into each file's genre tag (K: the top K as a multi-valued tag, "
                         "default 1); only the tag changes, never the audio; old values go to the undo log")
     t.add_argument("--dry-run", action="store_true", help="with --write-tags: say what would be written, write nothing")
-    t.add_argument("--undo-log", help="with --write-tags: the undo log (JSON lines; default <out>.undo.jsonl)")
+    t.add_argument("--undo-log", metavar="LOG", help="with --write-tags: the undo log (JSON lines; default <out>.undo.jsonl)")
     t.add_argument("--restore", metavar="LOG",
                    help="put back the genre tags an undo log recorded, and stop (no PATH, --model or --out needed)")
     return p.parse_args(argv)
