@@ -156,6 +156,12 @@ def summary(result, name, genres):
         text += f" The gate leaned most on the **{expert}** expert ({gates[expert]:.2f} on average)."
     if windows and "gate_weights" not in windows[0]:
         text += " (This model's code reports no per-window gate weights, so the routing plot stays empty.)"
+    if result.get("known") is False:
+        text += (f" **None of these?** It sounds unlike every genre this model was trained on (novelty "
+                 f"{result['novelty']:.2f}, above its threshold): treat the genre above as a guess.")
+    if result.get("tags"):
+        text += " The front end hears: " + ", ".join(f"{md_text(tag)} {p:.0%}" for tag, p in
+                                                    list(result["tags"].items())[:5]) + "."
     if "prototype_scores" in result:
         added = [g for g in result["prototype_scores"] if g not in genres]
         text += (" Genres taught in this session (" + ", ".join(added) + ") compete by distance to their "

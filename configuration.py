@@ -20,6 +20,8 @@ except ImportError:  # running from a checkout, not as a Hub dynamic module
 
 #: Where few-shot prototypes can live (see the `prototype_space` argument).
 PROTOTYPE_SPACES = ("features", "frontend", "frontend_raw", "embedding")
+#: What names a song's genre (see the `decision` argument).
+DECISIONS = ("classifier", "centroids", "blend")
 #: How a query is compared with the prototypes (see `prototype_metric`): PROTOTYPE_METRICS,
 #: ("euclidean", "cosine"), imported above from prototypes.py, which holds the maths they name.
 #: Front ends the model knows -> width of their per-window embedding.
@@ -100,6 +102,11 @@ class MusicGenreMoEConfig(PretrainedConfig):
         freeze_frontend (`bool`, *optional*, defaults to `True`):
             Keep the front end's weights fixed (and its batch norms in eval mode) while training: 25-300
             labelled recordings are far too few to fine-tune a 790k-parameter network.
+        frontend_precision (`str`, *optional*, defaults to `"auto"`):
+            Arithmetic of the front end at inference (`frontend.resolve_precision`): `"auto"` picks
+            `"int8"` on CPUs with AVX-512 VNNI and BF16, `"bf16"` with BF16 only, else `"fp32"`;
+            `"fp32"` is exact and the same on every machine (training inputs always use it). int8
+            embeddings keep a per-patch cosine >= 0.999 to fp32 (`benchmarks/bench_precision.py`).
         prototypes (`dict[str, list[float]]`, *optional*, defaults to `{}`):
             Few-shot genres added with `model.add_genre`: genre name -> mean of the examples'
             windows in the `prototype_space` (with `prototype_metric="cosine"`, the mean of the
@@ -125,6 +132,20 @@ class MusicGenreMoEConfig(PretrainedConfig):
             default keeps configs saved before this argument existed scoring as they did; train.py
             picks `"cosine"` for musicnn models (README, "Few-shot genres in the musicnn space").
             Prototypes made with one metric should not be scored with the other.
+        decision (`str`, *optional*, defaults to `"classifier"`):
+            What names a song's genre: `"classifier"`, the MoE's head; `"centroids"`, the nearest
+            genre centroid (cosine of the song's mean z-scored input to `genre_centroids`, scores
+            times `prototypes.COSINE_SCALE` through a softmax); `"blend"`, the mean of the two
+            probability vectors. Centroids and blend need `genre_centroids`. On artist-grouped folds
+            of GTZAN the centroids name genres of unseen artists better than any trained head
+            (README, "Hearing genres, not artists").
+        genre_centroids (`dict[str, list[float]]`, *optional*, defaults to `{}`):
+            Trained genre -> its centroid in the z-scored input space (`input_size` values): the mean
+            over the genre's artists of their songs' mean input (`model.set_genre_centroids`).
+        novelty_threshold (`float` or `None`, *optional*):
+            A song whose novelty (1 minus its cosine to the nearest centroid) exceeds this is
+            reported `known: False` ("none of these"). train.py sets it to the 90th percentile of
+            out-of-fold novelty of the training songs (folds by artist); `None`: every song is known.
         id2label / label2id (`dict`, *optional*):
             The trained genres; defaults to `DEFAULT_GENRES`.
     """
@@ -161,8 +182,12 @@ class MusicGenreMoEConfig(PretrainedConfig):
         prototypes=None,
         prototype_space="features",
         prototype_metric="euclidean",
+        decision="classifier",
+        genre_centroids=None,
+        novelty_threshold=None,
         frontend="none",
         freeze_frontend=True,
+        frontend_precision="auto",
         **kwargs,
     ):
         if "id2label" not in kwargs and "num_labels" not in kwargs:
@@ -193,6 +218,9 @@ class MusicGenreMoEConfig(PretrainedConfig):
             raise ValueError(f"frontend must be one of {sorted(FRONTEND_SIZES)}, got {frontend!r}")
         self.frontend = frontend
         self.freeze_frontend = bool(freeze_frontend)
+        if frontend_precision not in ("auto", "fp32", "bf16", "int8"):
+            raise ValueError(f"frontend_precision must be 'auto', 'fp32', 'bf16' or 'int8', got {frontend_precision!r}")
+        self.frontend_precision = frontend_precision
         self.feature_mean = _stats_list(feature_mean, "feature_mean", self.input_size)
         self.feature_std = _stats_list(feature_std, "feature_std", self.input_size)
         self.sampling_rate = int(sampling_rate)
@@ -200,6 +228,9 @@ class MusicGenreMoEConfig(PretrainedConfig):
         self.prototypes = {str(k): [float(x) for x in v] for k, v in (prototypes or {}).items()}
         self.prototype_space = prototype_space
         self.prototype_metric = prototype_metric
+        self.decision = decision
+        self.genre_centroids = {str(k): [float(x) for x in v] for k, v in (genre_centroids or {}).items()}
+        self.novelty_threshold = None if novelty_threshold is None else float(novelty_threshold)
         super().__init__(**kwargs)
         self._validate()
 
@@ -219,6 +250,16 @@ class MusicGenreMoEConfig(PretrainedConfig):
         if wrong:  # e.g. prototypes saved in the fused-embedding space by an older version
             raise ValueError(f"prototypes in prototype_space {self.prototype_space!r} must have {width} values, "
                              f"got {wrong}; set prototype_space to the space they were made in")
+        if self.decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(map(repr, DECISIONS))}, got {self.decision!r}")
+        if self.decision != "classifier" and set(self.genre_centroids) != set(self.genres):
+            raise ValueError(f"decision {self.decision!r} needs genre_centroids for every genre {self.genres}, "
+                             f"got {sorted(self.genre_centroids)}")
+        short = {g: len(v) for g, v in self.genre_centroids.items() if len(v) != self.input_size}
+        if short:
+            raise ValueError(f"genre_centroids must have input_size={self.input_size} values each, got {short}")
+        if self.novelty_threshold is not None and not 0 <= self.novelty_threshold <= 2:
+            raise ValueError(f"novelty_threshold must be None or in [0, 2] (1 - cosine), got {self.novelty_threshold}")
         if self.expert_type not in ("mlp", "kan"):
             raise ValueError(f"expert_type must be 'mlp' or 'kan', got {self.expert_type!r}")
         if self.kan_basis not in ("bspline", "rbf"):

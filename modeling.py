@@ -31,10 +31,10 @@ except ImportError:  # running from a checkout, not as a Hub dynamic module
 
 try:
     from .kan import KANLinear
-    from .prototypes import class_prototypes, metric_space, prototype_scores
+    from .prototypes import COSINE_SCALE, artist_weighted_prototypes, class_prototypes, metric_space, prototype_scores
 except ImportError:
     from kan import KANLinear
-    from prototypes import class_prototypes, metric_space, prototype_scores
+    from prototypes import COSINE_SCALE, artist_weighted_prototypes, class_prototypes, metric_space, prototype_scores
 
 try:
     from .features import FEATURE_NAMES
@@ -253,6 +253,7 @@ class WindowOutputs(NamedTuple):
     gate_weights: torch.Tensor        #: (n_windows, num_experts)
     fewshot: Optional[torch.Tensor]   #: (n_windows, D) few-shot vectors, or None when no genre was added
     tag_logits: Optional[torch.Tensor]  #: (n_windows, 50) the front end's MSD tag logits, or None
+    zscores: Optional[torch.Tensor]   #: (n_windows, input_size) z-scored inputs, when the model has genre centroids
 
     def mean(self):
         """The song: every field averaged over its windows, shape (1, ...)."""
@@ -521,7 +522,8 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
             z = self.normalise(x[s:s + batch_windows])
             out = self._forward_zscored(z)
             fewshot = self._fewshot_space(z, out.embedding) if self._fewshot_genres_compete() else None
-            parts.append(WindowOutputs(out.logits.softmax(-1), out.gate_weights, fewshot, self._tag_logits(z)))
+            parts.append(WindowOutputs(out.logits.softmax(-1), out.gate_weights, fewshot, self._tag_logits(z),
+                                       z if self.config.genre_centroids else None))
         return WindowOutputs(*(None if parts[0][i] is None else torch.cat([p[i] for p in parts])
                                for i in range(len(WindowOutputs._fields))))
 
@@ -546,17 +548,21 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
     def genre_results(self, outputs, windows=False):
         """`WindowOutputs` -> one result dict per row (`windows=True`: every window's own fields only).
 
-        A row's dict: `predicted_genre`, `confidence`, `probabilities`, `gate_weights`, and, when
-        genres were added with `add_genre`, `prototype_scores` (the nearest prototype names the
-        genre); a song's dict (`windows=False`) also carries `tags` (the front end's MSD tags with
-        their probabilities, best first) when the model has a front end.
+        A row's dict: `predicted_genre`, `confidence`, `probabilities` (of `config.decision`: the
+        classifier head, the genre centroids, or their mean), `gate_weights`, and, when genres were
+        added with `add_genre`, `prototype_scores` (the nearest prototype names the genre). A
+        song's dict (`windows=False`) also carries `tags` (the front end's MSD tags with their
+        probabilities, best first) when the model has a front end, and `novelty` (1 minus the
+        cosine to the nearest genre centroid) and `known` (novelty within `config.novelty_threshold`)
+        when the model has centroids.
         """
         c = self.config
         genres = c.genres
+        probs, novelty = self.decision(outputs)
         proto_scores = self._prototype_scores(outputs.fewshot) if outputs.fewshot is not None else None
         results = []
-        for i in range(outputs.probabilities.shape[0]):
-            p = outputs.probabilities[i].tolist()
+        for i in range(probs.shape[0]):
+            p = probs[i].tolist()
             best = int(np.argmax(p))
             r = {
                 "predicted_genre": genres[best],
@@ -571,10 +577,43 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
                 top = int(np.argmax(s))
                 if names[top] not in c.label2id:  # a few-shot genre is nearest: name it
                     r["predicted_genre"], r["confidence"] = names[top], s[top]
-            if outputs.tag_logits is not None and not windows:
-                r["tags"] = frontend_tags(outputs.tag_logits[i])
+            if not windows:
+                if outputs.tag_logits is not None:
+                    r["tags"] = frontend_tags(outputs.tag_logits[i])
+                if novelty is not None:
+                    r["novelty"] = float(novelty[i])
+                    r["known"] = c.novelty_threshold is None or r["novelty"] <= c.novelty_threshold
             results.append(r)
         return results
+
+    def centroid_cosines(self, zscores):
+        """(n, num_labels) cosine of z-scored input rows (or song means of them) to each genre centroid."""
+        c = self.config
+        centroids = torch.tensor([c.genre_centroids[g] for g in c.genres], dtype=zscores.dtype, device=zscores.device)
+        return prototype_scores(zscores, centroids, "cosine", scale=1.0)
+
+    def decision(self, outputs):
+        """(probabilities (n, num_labels) of `config.decision`, novelty (n,) or None) of `WindowOutputs`
+        (per window, or `outputs.mean()` for a song)."""
+        c = self.config
+        if outputs.zscores is None:
+            return outputs.probabilities, None
+        cos = self.centroid_cosines(outputs.zscores)
+        nearest = (COSINE_SCALE * cos).softmax(-1)
+        probs = {"classifier": outputs.probabilities, "centroids": nearest,
+                 "blend": (outputs.probabilities + nearest) / 2}[c.decision]
+        return probs, 1.0 - cos.max(-1).values
+
+    def set_genre_centroids(self, features, labels, groups=None):
+        """Store each trained genre's centroid in the z-scored input space: the mean over its artists of
+        their songs' mean input (`prototypes.artist_weighted_prototypes`).
+
+        `groups`: (song ids, artist ids), one of each per row of `features` (raw window inputs); None
+        makes every row its own song and artist.
+        """
+        songs, artists = _songs_and_artists(groups, len(labels))
+        centroids = artist_weighted_prototypes(self.normalise(features), labels, self.config.num_labels, songs, artists)
+        self.config.genre_centroids = dict(zip(self.config.genres, centroids.tolist()))
 
     # -- audio ------------------------------------------------------------------------------------
 
@@ -645,13 +684,18 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
             return as_feature_tensor(np.stack(examples), self.config.input_size, "examples")
         return torch.cat([torch.as_tensor(self.song_inputs(e, sampling_rate).features) for e in examples])
 
-    def set_genre_prototypes(self, features, labels):
-        """Store the trained genres' prototypes (mean `fewshot_embed` of raw training features per genre).
+    def set_genre_prototypes(self, features, labels, groups=None):
+        """Store the trained genres' prototypes in the few-shot space (`fewshot_embed` of raw training
+        rows), every artist counting once (`groups`: (song ids, artist ids) per row, as in
+        `set_genre_centroids`; None: plain means of the rows).
 
         Called by train.py so that few-shot genres compete with trained genres on equal terms.
         """
         emb = self.fewshot_embed(features)
-        protos = class_prototypes(emb, labels, self.config.num_labels)
+        if groups is None:
+            protos = class_prototypes(emb, labels, self.config.num_labels)
+        else:
+            protos = artist_weighted_prototypes(emb, labels, self.config.num_labels, *_songs_and_artists(groups, len(labels)))
         for genre, proto in zip(self.config.genres, protos.tolist()):
             self.config.prototypes[genre] = proto
 
@@ -676,10 +720,10 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         target.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".save-partial-", dir=target))
         own = self.config
-        self.config = own.__class__.from_dict(own.to_dict())
-        self.config.auto_map = dict(AUTO_MAP)
-        self.config.custom_pipelines = {k: dict(v) for k, v in CUSTOM_PIPELINES.items()}
         try:
+            self.config = own.__class__.from_dict(own.to_dict())
+            self.config.auto_map = dict(AUTO_MAP)
+            self.config.custom_pipelines = {k: dict(v) for k, v in CUSTOM_PIPELINES.items()}
             result = super().save_pretrained(tmp, *args, **kwargs)
             _save_feature_extractor(self.config, tmp)
             here = Path(__file__).resolve().parent
@@ -866,6 +910,17 @@ def frontend_tags(logits, top_k=10):
     probs = torch.sigmoid(torch.as_tensor(logits).float()).tolist()
     order = sorted(range(len(probs)), key=lambda i: -probs[i])[:top_k]
     return {MSD_TAGS[i]: round(probs[i], 6) for i in order}
+
+
+def _songs_and_artists(groups, n):
+    """(song ids, artist ids) per row: `groups` as given, or every row its own song and artist."""
+    if groups is None:
+        return np.arange(n), np.arange(n)
+    songs, artists = (np.asarray(g) for g in groups)
+    if songs.shape != (n,) or artists.shape != (n,):
+        raise ValueError(f"groups: expected (song ids, artist ids) of {n} rows each, got shapes "
+                         f"{songs.shape} and {artists.shape}")
+    return songs, artists
 
 
 def _feature_name(index):

@@ -100,8 +100,11 @@ from workbench.data import feature_stats, load_folder, split_tracks  # noqa: E40
 from configuration import MusicGenreMoEConfig  # noqa: E402
 from modeling import MusicGenreMoE  # noqa: E402
 
-METHODS = ("moe", "logreg", "1nn")
-METHOD_NAMES = {"moe": "MoE", "logreg": "logistic regression", "1nn": "1-NN",
+METHODS = ("moe", "centroids", "blend", "logreg", "1nn")
+#: Decisions of the fold's trained MoE model itself (`config.decision`), measured with the model's own code.
+MODEL_DECISIONS = {"moe": "classifier", "centroids": "centroids", "blend": "blend"}
+METHOD_NAMES = {"moe": "MoE", "centroids": "genre centroids (the MoE's, cosine)", "blend": "MoE + centroids (mean)",
+                "logreg": "logistic regression", "1nn": "1-NN",
                 "moe_pretrained": "MoE, synthetic pre-training"}
 
 
@@ -277,6 +280,23 @@ def moe_window_outputs(model, x_raw):
     return out.logits.softmax(-1).numpy(), out.gate_weights.numpy()
 
 
+def model_decision(model, x_te, tracks, decision):
+    """(window probs, track ids, track scores) of a trained model's song verdicts with `config.decision`
+    set to `decision`: the model's own `window_outputs` and `genre_results`, song by song."""
+    saved = model.config.decision
+    model.config.decision = decision
+    try:
+        outputs = model.window_outputs(x_te)
+        genres = model.config.genres
+        window = np.asarray([[r["probabilities"][g] for g in genres] for r in model.genre_results(outputs, windows=True)])
+        ids = np.unique(tracks)
+        scores = np.asarray([[model.genre_results(outputs.rows(torch.from_numpy(tracks == t)).mean())[0]["probabilities"][g]
+                              for g in genres] for t in ids])
+    finally:
+        model.config.decision = saved
+    return window, ids, scores
+
+
 def logreg_window_probs(x_train, y_train, x_test, n_classes, seed=0):
     """(n_test, n_classes) probabilities of a multinomial logistic regression on z-scored windows."""
     from sklearn.linear_model import LogisticRegression
@@ -332,15 +352,24 @@ def cross_validate(data, s, folds, methods=METHODS, init_state=None, moe_fit="re
         train_rows, test_rows = rows_of(data, train_tracks), rows_of(data, test_tracks)
         x_tr, y_tr = data.features[train_rows], data.labels[train_rows]
         x_te, y_te, tr_te = data.features[test_rows], data.labels[test_rows], data.tracks[test_rows]
+        fold_model = None
         for m in methods:
             gates = None
-            if m in ("moe", "moe_pretrained"):
+            if m in ("centroids", "blend"):
+                if fold_model is None:
+                    raise ValueError(f"--methods {m} needs moe in the same run (it is the MoE model's own decision)")
+                probs, t_ids, t_scores = model_decision(fold_model, x_te, tr_te, MODEL_DECISIONS[m])
+            elif m in ("moe", "moe_pretrained"):
                 fit_tracks, val_tracks = inner_split(track_labels, train_tracks, s, s.seed + f, groups)
                 init = init_state if m == "moe_pretrained" else None
                 model, best = train_moe(data, fit_tracks, val_tracks, s, init, seed=s.seed + f)
                 if moe_fit == "refit":
                     model = refit_moe(data, train_tracks, s, best, init, seed=s.seed + f)
                 best_epochs.append(best)
+                row_groups = None if groups is None else groups[data.tracks[train_rows]]
+                model.set_genre_centroids(torch.from_numpy(x_tr), y_tr,
+                                          (data.tracks[train_rows], data.tracks[train_rows] if row_groups is None else row_groups))
+                fold_model = model
                 probs, gates = moe_window_outputs(model, x_te)
                 t_ids, t_scores = evaluation.track_average(tr_te, probs)
             elif m == "logreg":
@@ -451,7 +480,7 @@ def fit_final_model(data, s, epochs, out):
     return model
 
 
-def transfer(data, s, args, methods, best_epochs, log=print):
+def transfer(data, s, args, methods, best_epochs, log=print, groups=None):
     """Every method fitted on all of `data`, tested on the --transfer folders' recordings of its genres.
 
     The MoE is trained for the median of the CV folds' early-stopping epochs (chosen on the
@@ -469,11 +498,16 @@ def transfer(data, s, args, methods, best_epochs, log=print):
     k, x_all, y_all = len(data.genres), data.features, data.labels
     out = {"folders": [str(d) for d in args.transfer], "genres": shared, "n_tracks": len(test.track_names),
            "skipped": [[str(p), r] for p, r in test.skipped]}
+    model = None
     for m in methods:
         if m == "moe":
             model = refit_moe(data, np.arange(len(data.track_names)), s, int(np.median(best_epochs)), seed=s.seed)
+            model.set_genre_centroids(torch.from_numpy(data.features), data.labels,
+                                      (data.tracks, data.tracks if groups is None else groups[data.tracks]))
             probs, _ = moe_window_outputs(model, test.features)
             t_ids, t_scores = evaluation.track_average(test.tracks, probs)
+        elif m in ("centroids", "blend"):
+            _, t_ids, t_scores = model_decision(model, test.features, test.tracks, MODEL_DECISIONS[m])
         elif m == "logreg":
             t_ids, t_scores = evaluation.track_average(test.tracks, logreg_window_probs(x_all, y_all, test.features, k))
         else:
@@ -575,8 +609,8 @@ def evaluate(args, argv, log):
                   + f" over {len(track_labels)} recordings"
                   + (f" (strata: genre x folder; {', '.join(f'{n} {int((sources == i).sum())}' for i, n in enumerate(source_names))})"
                      if multi else "")
-                  + "; MoE validation tracks: split_tracks of each training fold "
-                  f"with train:val {s.split.split(',')[0]}:{s.split.split(',')[1]} (seed {args.seed}+fold)"
+                  + f"; MoE validation tracks: {'StratifiedGroupKFold by artist' if groups is not None else 'split_tracks'} "
+                  f"of each training fold with train:val {s.split.split(',')[0]}:{s.split.split(',')[1]} (seed {args.seed}+fold)"
                   + ("; then refit on the whole training fold for the early-stopping epoch count"
                      if args.moe_fit == "refit" else "; early-stopped model kept (holdout)"))
     log(f"data: {data.source}, {n_genres} genres ({', '.join(genres)}), {len(track_labels)} recordings, "
@@ -650,7 +684,7 @@ def evaluate(args, argv, log):
         results["timings"]["sim_s"] = time.perf_counter() - t1
 
     if args.transfer:
-        results["transfer"] = transfer(data, s, args, methods, best_epochs, log)
+        results["transfer"] = transfer(data, s, args, methods, best_epochs, log, groups)
 
     if args.predict:
         epochs = int(np.median(best_epochs))

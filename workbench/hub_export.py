@@ -5,6 +5,7 @@ upload_to_hub.py is the command; train.py writes every run's `hf_model/` with `w
 
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -81,10 +82,10 @@ def load_metrics(run_dir):
     from workbench.model_card import MetricsError, check_metrics
 
     path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise UploadError(f"metrics.json not found in {run_dir}: the model card needs the run's test metrics")
     try:
-        metrics = json.loads(path.read_text())
+        metrics = json.loads(run_file(run_dir, "metrics.json").read_text())
         check_metrics(metrics)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UploadError(f"{path} is not valid JSON: {_first_line(e)}") from e
@@ -147,6 +148,17 @@ def verify_export(model, folder):
         raise UploadError(f"export check failed: the model reloaded from {folder} differs from the run's")
 
 
+def run_file(run_dir, name):
+    """`run_dir/name`, refused (UploadError) when it is a link or resolves outside the run folder: an
+    export publishes what the run wrote, never a file of this machine reached through a symlink."""
+    run_dir = Path(run_dir)
+    path = run_dir / name
+    if path.is_symlink() or not path.resolve().is_relative_to(run_dir.resolve()):
+        raise UploadError(f"{path}: a symbolic link (to {os.path.realpath(path)}); the export takes only files the "
+                          f"run wrote inside {run_dir}: replace the link with the file, or remove it")
+    return path
+
+
 def build_export(src, run_dir, folder, repo_id):
     """Write every file of the Hub repo into `folder` (empty). Returns the list of relative paths."""
     folder = Path(folder)
@@ -162,12 +174,12 @@ def build_export(src, run_dir, folder, repo_id):
             if not (folder / name).exists():
                 (folder / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / name, folder / name)
-    shutil.copy2(Path(run_dir) / "metrics.json", folder / "metrics.json")
-    figures = [f for f in FIGURES if (Path(run_dir) / f).is_file()]
+    shutil.copy2(run_file(run_dir, "metrics.json"), folder / "metrics.json")
+    figures = [f for f in FIGURES if (Path(run_dir) / f).is_file() or (Path(run_dir) / f).is_symlink()]
     if figures:
         (folder / "figures").mkdir()
         for f in figures:
-            shutil.copy2(Path(run_dir) / f, folder / "figures" / f)
+            shutil.copy2(run_file(run_dir, f), folder / "figures" / f)
     verify_export(model, folder)
 
     from workbench.model_card import build_model_card

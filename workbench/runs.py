@@ -25,7 +25,8 @@ from workbench import evaluation, plots
 from workbench.atomic_files import clean_stale_partials, move_into_place, partial_folder, replacing, unusable_output, write_json, write_text
 from workbench.data import data_roots, list_data, load_folder, load_synthetic, prepare_splits
 from workbench.settings import SettingsError, check_model, public_settings
-from workbench.training import build_model, evaluate, fit, input_gradient_importance, input_names, model_inputs
+from workbench.artists import load_artist_index, track_groups
+from workbench.training import build_model, evaluate, fit, novelty_threshold, input_gradient_importance, input_names, model_inputs
 from features import SAMPLE_RATE
 
 #: A Hub repo id: `owner/name` (letters, digits, `-_.`), the one rule every command uses.
@@ -135,9 +136,15 @@ def load_model(spec, trust_remote_code=False, revision=None):
 RUN_KIND = "run"  # run folders are built in .run-partial-<name>-<pid>-<random> beside --out
 
 
-def check_out(out, overwrite):
-    """Refuse an --out that names a file, or a non-empty folder without --overwrite, before any work."""
+def check_out(out, overwrite, data_dirs=None):
+    """Refuse an --out that names a file, a non-empty folder without --overwrite, or a place inside a
+    data folder (the run would become a genre sub-folder of the next run's data), before any work."""
     out = Path(out)
+    for d in data_dirs or ():
+        root = Path(d).expanduser().resolve()
+        if out.expanduser().resolve().is_relative_to(root):
+            raise SettingsError(f"--out {out} is inside --data-dir {d}: the run folder would be read as a genre "
+                                f"of recordings next time; write it elsewhere (e.g. runs/)")
     problem = unusable_output(out, overwrite)
     if problem == "not empty":
         raise SettingsError(f"--out {out} already holds files (a previous run?); pass --overwrite to replace it "
@@ -156,7 +163,7 @@ def write_run(s, log=print):
     t0 = time.perf_counter()
     timings = {}
     out = Path(s.out)
-    check_out(out, s.overwrite)
+    check_out(out, s.overwrite, s.data_dir)
     genres, paths, labels = list_data(s)
     check_model(s, genres)
     try:
@@ -204,8 +211,11 @@ def train_and_write(folder, data, s, timings, t0, log=print):
     timings["training_s"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
+    set_centroids_and_novelty(model, data, sp, s, log)
     metrics, (y, probs, gates, logits, val_logits) = evaluate(model, data, sp.tracks, inputs, genres)
-    model.set_genre_prototypes(torch.from_numpy(data.features[sp.rows[0]]), data.labels[sp.rows[0]])
+    groups = track_groups(data.track_names, load_artist_index(s.artists))[data.tracks][sp.rows[0]]
+    model.set_genre_prototypes(torch.from_numpy(data.features[sp.rows[0]]), data.labels[sp.rows[0]],
+                               (data.tracks[sp.rows[0]], groups))
     metrics |= {
         "n_parameters": n_params, "best_epoch": best_epoch, "epochs_run": len(history["train_loss"]),
         "dataset": dataset_summary(data, s, sp),
@@ -223,6 +233,19 @@ def train_and_write(folder, data, s, timings, t0, log=print):
     log(f"test accuracy {metrics['test_accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f}  "
         f"mean self-activation {metrics['mean_self_activation']:.3f}  ({timings['total_s']:.1f} s)")
     return metrics
+
+
+def set_centroids_and_novelty(model, data, sp, s, log=print):
+    """The genre centroids of the training tracks (artist-weighted: `--artists`) and the novelty
+    threshold calibrated on them out of fold by artist, stored in the model's config."""
+    groups = track_groups(data.track_names, load_artist_index(s.artists))[data.tracks]
+    rows = sp.rows[0]
+    x, labels, tracks = torch.from_numpy(data.features[rows]), data.labels[rows], data.tracks[rows]
+    model.config.novelty_threshold = novelty_threshold(model, x, labels, tracks, groups[rows], seed=s.seed)
+    model.set_genre_centroids(x, labels, (tracks, groups[rows]))
+    n_artists = len(set(groups[rows]))
+    log(f"genre centroids from {len(np.unique(tracks))} training songs by {n_artists} artist groups; novelty "
+        f"threshold {model.config.novelty_threshold if model.config.novelty_threshold is None else round(model.config.novelty_threshold, 4)}")
 
 
 def dataset_summary(data, s, sp):

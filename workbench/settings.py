@@ -35,6 +35,10 @@ class TrainSettings:
     data_dir: list | None = _opt(None, "Folder of your own recordings laid out as " + LAYOUT + "; give it more "
                                  "than once to merge folders by genre name; without it the model trains on "
                                  "synthetic audio.", unit="path")
+    artists: list | None = _opt(None, "CSV of each recording's artist (columns file and artist, file relative to "
+                                "the CSV's folder; repeatable): genre centroids count every artist once, and the "
+                                "novelty threshold is calibrated in folds by artist (default: each recording is "
+                                "its own artist).", unit="path")
     genres: str | None = _opt(None, "Comma-separated subset of the genres to train on, at least two "
                               "(default: every genre).", unit="names")
     dataset: str | None = _opt(None, "Train from a Hugging Face datasets dataset instead of --data-dir: a Hub id "
@@ -191,7 +195,7 @@ def _add_flag(p, name, t, default, meta, model=False):
     text = text.replace("%", "%%")
     if isinstance(default, bool):
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-    elif name == "data_dir":  # repeatable: --data-dir A --data-dir B
+    elif name in ("data_dir", "artists"):  # repeatable: --data-dir A --data-dir B
         p.add_argument(flag, action="append", type=_text, default=None, help=text, metavar="PATH")
     elif name == "ray":  # --ray alone means a local Ray
         p.add_argument(flag, nargs="?", const="local", type=_text, default=None, help=text, metavar="ADDRESS")
@@ -275,6 +279,8 @@ def public_settings(s):
         args["data_dir"] = [Path(d).expanduser().name for d in args["data_dir"]]
     if args.get("dataset") and Path(args["dataset"]).expanduser().exists():  # a local folder: its name only
         args["dataset"] = Path(args["dataset"]).expanduser().name
+    if args["artists"] is not None:
+        args["artists"] = [Path(a).expanduser().name for a in args["artists"]]
     if args["cache_dir"] not in (None, "none"):
         args["cache_dir"] = "custom"
     if args["ray"] not in (None, "local"):

@@ -7,6 +7,7 @@ in Ray workers (`classify_paths`), which is why a local and a Ray run write the 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -146,6 +147,8 @@ def predict_songs(model, songs: Sequence[Song], settings: Settings) -> List[dict
         for key in ("prototype_scores", "tags"):
             if key in verdict:
                 rec[key] = _rounded(verdict[key])
+        if "novelty" in verdict:
+            rec["known"], rec["novelty"] = verdict["known"], _r(verdict["novelty"])
         if settings.want_windows:
             rec["windows"] = [{"start": w["start"], "end": w["end"], "genre": w["predicted_genre"],
                                "confidence": _r(w["confidence"]), "probabilities": _rounded(w["probabilities"]),
@@ -271,11 +274,16 @@ class AppendLog:
             self.fh = None
 
 
+TAGS_IN_CSV = 5  # the front end's most likely tags per song in the CSV (the JSONL holds ten)
+
+
 def csv_header(genres: Sequence[str], top_k: int) -> List[str]:
     cols = ["path", "genre", "confidence"]
     for k in range(1, top_k + 1):
         cols += [f"top{k}", f"top{k}_prob"]
-    return cols + ["duration_s", "num_windows"] + [f"gate_{g}" for g in genres]
+    # known/novelty: "none of these" (empty for a model without genre centroids); tags: the front
+    # end's MSD tags, "tag:probability" best first (empty without a front end).
+    return cols + ["duration_s", "num_windows", "known", "novelty", "tags"] + [f"gate_{g}" for g in genres]
 
 
 def csv_row(rec: dict, genres: Sequence[str]) -> List[str]:
@@ -283,6 +291,9 @@ def csv_row(rec: dict, genres: Sequence[str]) -> List[str]:
     for g, p in rec["top"]:
         row += [g, f"{p:.6f}"]
     row += ["" if rec["duration_s"] is None else f"{rec['duration_s']:.3f}", str(rec["num_windows"])]
+    row += ["" if "known" not in rec else str(rec["known"]).lower(),
+            "" if "novelty" not in rec else f"{rec['novelty']:.6f}",
+            ";".join(f"{tag}:{p:.3f}" for tag, p in list(rec.get("tags", {}).items())[:TAGS_IN_CSV])]
     return row + [f"{rec['gate_weights'][g]:.6f}" for g in genres]
 
 
