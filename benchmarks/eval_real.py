@@ -80,6 +80,7 @@ test fold), saved to OUT/final_model (save_pretrained), then model.predict_audio
 
 import argparse
 import dataclasses
+from types import SimpleNamespace
 import json
 import shlex
 import sys
@@ -96,7 +97,8 @@ from workbench import evaluation  # noqa: E402
 from workbench import plots  # noqa: E402
 import train  # noqa: E402
 from workbench import settings, training  # noqa: E402
-from workbench.data import feature_stats, load_folder, split_tracks  # noqa: E402
+from workbench.data import feature_stats, list_recordings, load_folder, split_tracks, window_rows  # noqa: E402
+from workbench.batch import extract_many  # noqa: E402
 from configuration import MusicGenreMoEConfig  # noqa: E402
 from modeling import MusicGenreMoE  # noqa: E402
 
@@ -229,6 +231,7 @@ def inner_split(track_labels, train_tracks, s, seed, groups=None):
 
         k = max(2, int(round((train_w + val_w) / val_w)))
         _, codes = np.unique(np.asarray(groups)[train_tracks], return_inverse=True)
+        k = min(k, int(codes.max()) + 1)
         fit_idx, val_idx = next(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(
             np.zeros(len(train_tracks)), track_labels[train_tracks], codes))
         return train_tracks[fit_idx], train_tracks[val_idx]
@@ -367,9 +370,14 @@ def cross_validate(data, s, folds, methods=METHODS, init_state=None, moe_fit="re
                     model = refit_moe(data, train_tracks, s, best, init, seed=s.seed + f)
                 best_epochs.append(best)
                 row_groups = None if groups is None else groups[data.tracks[train_rows]]
-                model.set_genre_centroids(torch.from_numpy(x_tr), y_tr,
-                                          (data.tracks[train_rows], data.tracks[train_rows] if row_groups is None else row_groups))
+                row_groups = data.tracks[train_rows] if row_groups is None else row_groups
+                model.config.novelty_threshold = training.novelty_threshold(
+                    model, torch.from_numpy(x_tr), y_tr, data.tracks[train_rows], row_groups, seed=s.seed + f)
+                model.set_genre_centroids(torch.from_numpy(x_tr), y_tr, (data.tracks[train_rows], row_groups))
                 fold_model = model
+                if model.config.novelty_threshold is not None:
+                    n_flag, n_songs = flagged(model, x_te, tr_te)
+                    pooled[m].setdefault("flagged", []).append((n_flag, n_songs))
                 probs, gates = moe_window_outputs(model, x_te)
                 t_ids, t_scores = evaluation.track_average(tr_te, probs)
             elif m == "logreg":
@@ -423,6 +431,8 @@ def summarise(r, genres, sources=None, source_names=()):
         "window_accuracy": wm["accuracy"], "window_accuracy_ci95": wm["accuracy_ci95"], "window_macro_f1": wm["macro_f1"],
         "n_windows": int(len(r["w_labels"])),
     }
+    if r.get("flagged"):
+        out["flagged"] = [int(sum(a for a, _ in r["flagged"])), int(sum(b for _, b in r["flagged"]))]
     if sources is not None and len(source_names) > 1:
         out["by_source"] = by_source(r, sources, source_names)
     if r["w_gates"] is not None:
@@ -480,32 +490,68 @@ def fit_final_model(data, s, epochs, out):
     return model
 
 
+def held_out_recordings(dirs, genres, s):
+    """(raw window rows, track id per row, genre name per track) of `dirs`' recordings of `genres`,
+    with the settings' features (any number of genres: a test set, not a training set)."""
+    paths, labels, found = list_recordings(dirs, ",".join(genres))
+    result = extract_many(paths, clip_seconds=s.model["clip_seconds"], n_jobs=s.n_jobs, frontend=s.model["frontend"],
+                          cache_dir=False if s.cache_dir == "none" else s.cache_dir)
+    feats, row_labels, rows_track = window_rows(result, labels)
+    track_genre = [found[labels[k]] for k in result.ok]
+    return feats, rows_track, track_genre
+
+
+def flagged(model, x, tracks):
+    """(songs flagged "none of these", songs) among the tracks of raw rows `x`, by the model's own verdict."""
+    outputs = model.window_outputs(x)
+    known = [model.genre_results(outputs.rows(torch.from_numpy(tracks == t)).mean())[0]["known"] for t in np.unique(tracks)]
+    return int(len(known) - sum(known)), len(known)
+
+
+def novelty_rates(model, s, args, shared, test, log=print):
+    """"None of these" on another collection: the share of its songs of genres the model never heard
+    (e.g. emotify-dev's electronic) flagged unknown, and of its songs of the trained genres."""
+    unseen = sorted(set().union(*(set(p.name for p in Path(d).expanduser().iterdir() if p.is_dir())
+                                  for d in args.transfer)) - set(model.config.genres))
+    out = {"threshold": model.config.novelty_threshold, "rule": f"{training.NOVELTY_PERCENTILE}th percentile of "
+           "out-of-fold novelty of the training songs, folds by artist"}
+    n_in, m_in = flagged(model, test.features, test.tracks)
+    out["in_vocabulary"] = {"genres": shared, "flagged": n_in, "n": m_in}
+    if unseen:
+        x_new, tracks_new, _ = held_out_recordings(list(args.transfer), unseen, s)
+        n_new, m_new = flagged(model, x_new, tracks_new)
+        out["unseen"] = {"genres": unseen, "flagged": n_new, "n": m_new}
+        log(f"none of these: {n_new}/{m_new} songs of {', '.join(unseen)} flagged; {n_in}/{m_in} of the trained genres")
+    return out
+
+
 def transfer(data, s, args, methods, best_epochs, log=print, groups=None):
     """Every method fitted on all of `data`, tested on the --transfer folders' recordings of its genres.
 
     The MoE is trained for the median of the CV folds' early-stopping epochs (chosen on the
     training collection only). Returns {method: summary} plus what was tested.
     """
-    import dataclasses as dc
-
     held = {d: sorted(p.name for p in Path(d).expanduser().iterdir() if p.is_dir()) for d in args.transfer}
     shared = sorted(set(data.genres) & set().union(*held.values()))
     if not shared:
         raise ValueError(f"--transfer {args.transfer}: no genre in common with {data.genres}")
-    s_test = dc.replace(s, data_dir=list(args.transfer), genres=",".join(shared))
-    test = load_folder(s_test)
-    labels = np.asarray([data.genres.index(test.genres[l]) for l in test.labels])  # the training genres' indices
+    x_test, test_tracks, track_genre = held_out_recordings(list(args.transfer), shared, s)
+    test = SimpleNamespace(features=x_test, tracks=test_tracks, track_names=track_genre)
+    labels = np.asarray([data.genres.index(track_genre[t]) for t in test_tracks])  # the training genres' indices
     k, x_all, y_all = len(data.genres), data.features, data.labels
-    out = {"folders": [str(d) for d in args.transfer], "genres": shared, "n_tracks": len(test.track_names),
-           "skipped": [[str(p), r] for p, r in test.skipped]}
+    out = {"folders": [str(d) for d in args.transfer], "genres": shared, "n_tracks": len(test.track_names)}
     model = None
     for m in methods:
         if m == "moe":
             model = refit_moe(data, np.arange(len(data.track_names)), s, int(np.median(best_epochs)), seed=s.seed)
-            model.set_genre_centroids(torch.from_numpy(data.features), data.labels,
-                                      (data.tracks, data.tracks if groups is None else groups[data.tracks]))
+            row_groups = data.tracks if groups is None else groups[data.tracks]
+            x_all_t = torch.from_numpy(data.features)
+            model.config.novelty_threshold = training.novelty_threshold(model, x_all_t, data.labels, data.tracks,
+                                                                         row_groups, seed=s.seed)
+            model.set_genre_centroids(x_all_t, data.labels, (data.tracks, row_groups))
             probs, _ = moe_window_outputs(model, test.features)
             t_ids, t_scores = evaluation.track_average(test.tracks, probs)
+            out["novelty"] = novelty_rates(model, s, args, shared, test, log)
         elif m in ("centroids", "blend"):
             _, t_ids, t_scores = model_decision(model, test.features, test.tracks, MODEL_DECISIONS[m])
         elif m == "logreg":
@@ -759,6 +805,15 @@ def format_report(results, args, s):
             lines.append(f"| {METHOD_NAMES[m]} | {r['n_correct']}/{tr['n_tracks']} | {r['accuracy']:.3f} "
                          f"[{r['accuracy_ci95'][0]:.3f}, {r['accuracy_ci95'][1]:.3f}] | "
                          + ", ".join(f"{g} {v:.2f}" for g, v in r["per_genre"].items()) + " |")
+    flags = results["cv"].get("moe", {}).get("flagged")
+    if flags:
+        lines += ["", f"None of these, in-vocabulary test folds: {flags[0]}/{flags[1]} songs of trained genres flagged "
+                      "(threshold calibrated on each training fold, out of fold by artist)"]
+    nov = results.get("transfer", {}).get("novelty")
+    if nov and "unseen" in nov:
+        u, i = nov["unseen"], nov["in_vocabulary"]
+        lines += [f"None of these, another collection: {u['flagged']}/{u['n']} songs of {', '.join(u['genres'])} "
+                  f"flagged; {i['flagged']}/{i['n']} of its {', '.join(i['genres'])} (threshold {nov['threshold']})"]
     if "predictions" in results:
         f = results["final_model"]
         lines += ["", f"### Predictions of the final model ({f['rule']}: {f['epochs']} epochs; {f['path']})", ""]

@@ -5,6 +5,8 @@ never sit on both sides of a split.
 """
 
 import os
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +14,9 @@ import numpy as np
 import torch
 
 from decoding import AUDIO_EXTENSIONS
-from features import N_FEATURES, SAMPLE_RATE, load_audio
-from workbench.batch import extract_many
+from features import N_FEATURES, SAMPLE_RATE, AudioError, load_audio
+from workbench.artists import load_artist_index, track_groups
+from workbench.batch import content_hash, extract_many
 from workbench.settings import LAYOUT, SettingsError
 
 
@@ -202,9 +205,57 @@ def data_roots(data):
     return [Path(p) for p in data.source.split(os.pathsep)]
 
 
+def duplicate_recordings(paths, labels, genres):
+    """[(first path, its genre), (copy, its genre)] for every recording whose bytes (blake2b content
+    hash) another one already has. Empty and unreadable files are left to the extraction's errors."""
+    seen, pairs = {}, []
+    for path, label in zip(paths, labels):
+        try:
+            if os.path.getsize(path) == 0:
+                continue
+            key = content_hash(str(path))
+        except (OSError, AudioError):
+            continue
+        if key in seen:
+            pairs.append((seen[key], (path, genres[label])))
+        else:
+            seen[key] = (path, genres[label])
+    return pairs
+
+
+def check_duplicates(paths, labels, genres, s, what, shown=3):
+    """Refuse (SettingsError) the same audio in two genre folders or twice in one, or with
+    --allow-duplicates print a warning; the line names the first few pairs and counts the rest."""
+    pairs = duplicate_recordings(paths, labels, genres)
+    if not pairs:
+        return
+    across = sum(a[1] != b[1] for a, b in pairs)
+    listed = "; ".join(f"{a} ({ga}) = {b} ({gb})" for (a, ga), (b, gb) in pairs[:shown])
+    line = (f"{what}: {len(pairs)} recording(s) are the same audio as another ({across} in two genres, "
+            f"{len(pairs) - across} twice in one): {listed}" + (f"; and {len(pairs) - shown} more" if len(pairs) > shown else ""))
+    if not getattr(s, "allow_duplicates", False):
+        raise SettingsError(f"{line}; a copy on both sides of the split inflates the test score: remove the copies "
+                            f"or pass --allow-duplicates")
+    print(f"warning: {line} (--allow-duplicates: training on them)", file=sys.stderr)
+
+
+def describe_failures(failures, shown=3):
+    """Unreadable recordings in a few words: the count, the count per reason (the commonest
+    few) and the first few paths with their reason, e.g. for 10,000 empty files."""
+    reasons = [(str(path), str(msg)[len(f"{path}: "):] if str(msg).startswith(f"{path}: ") else str(msg))
+               for path, msg in failures]
+    counts = Counter(r for _, r in reasons)
+    kinds = ", ".join(f"{n} {r}" for r, n in counts.most_common(shown))
+    kinds += f", {len(counts) - shown} other reasons" if len(counts) > shown else ""
+    first = "; ".join(f"{p} ({r})" for p, r in reasons[:shown])
+    return f"{len(reasons)} unreadable ({kinds}): {first}" + (", ..." if len(reasons) > shown else "")
+
+
 def load_folder(s, listed=None):
     paths, labels, genres = listed or list_recordings(s.data_dir, s.genres)
     what = f"--dataset {s.dataset}" if s.dataset else f"--data-dir {', '.join(s.data_dir)}"
+    if not s.dataset:
+        check_duplicates(paths, labels, genres, s, what)
     clip_seconds = s.model["clip_seconds"]
     if s.ray is None:
         result = extract_many(paths, sr=SAMPLE_RATE, clip_seconds=clip_seconds, n_jobs=s.n_jobs, cache_dir=_cache(s),
@@ -219,7 +270,7 @@ def load_folder(s, listed=None):
     try:
         check_genres(genres, readable, s, f"{what} (readable recordings)")
     except SettingsError as e:
-        raise SettingsError(f"{e}; skipped: {result.failures[:3]}") from None
+        raise SettingsError(f"{e}; skipped {describe_failures(result.failures)}") from None
     feats, rows_label, rows_track = window_rows(result, labels)
     names = [str(n) for n in getattr(paths, "names", paths)]  # a dataset's rows: their recording ids
     names = [names[idx] for idx in result.ok]
@@ -250,16 +301,24 @@ def _cache(s):
     return False if s.cache_dir == "none" else s.cache_dir
 
 
-def split_tracks(track_labels, proportions, seed):
+def split_tracks(track_labels, proportions, seed, groups=None):
     """Stratified, seeded split of tracks: returns (train, val, test) arrays of track indices.
 
     Each genre's tracks are shuffled and divided in the given proportions (at least one track for
     training); with proportions 120,30,30 and 180 clips per genre that is exactly 120/30/30. A
     non-zero validation or test share gets at least one track of a genre that has three or more
     (round() alone would give 3 recordings x 30/180 = 0, leaving nothing to stop early on).
+
+    With `groups` (each track's artist, `workbench.artists.track_groups`) whole artists are dealt
+    out instead of tracks: each genre's artists (by their most frequent genre) are shuffled and
+    given to validation and test until those hold their share of the genre's tracks, so no artist
+    is on two sides of the split. A genre with fewer artists than parts keeps its artists for
+    training first, then validation.
     """
     rng = np.random.default_rng(seed)
     w = np.asarray(proportions, dtype=float) / np.sum(proportions)
+    if groups is not None:
+        return _split_groups(np.asarray(track_labels), np.asarray(groups), w, rng)
     parts = ([], [], [])
     for g in np.unique(track_labels):
         tracks = rng.permutation(np.flatnonzero(track_labels == g))
@@ -271,6 +330,29 @@ def split_tracks(track_labels, proportions, seed):
         parts[1].extend(tracks[:n_val])
         parts[2].extend(tracks[n_val:n_val + n_test])
         parts[0].extend(tracks[n_val + n_test:])
+    return tuple(np.sort(np.asarray(p, dtype=int)) for p in parts)
+
+
+def _split_groups(track_labels, groups, w, rng):
+    """split_tracks by whole artist groups (see there)."""
+    names = np.unique(groups)
+    genre_of = {a: np.bincount(track_labels[groups == a]).argmax() for a in names}
+    parts = ([], [], [])
+    for g in np.unique(track_labels):
+        artists = [a for a in names if genre_of[a] == g]
+        artists = [artists[i] for i in rng.permutation(len(artists))]
+        n = int(sum((groups == a).sum() for a in artists))
+        want = {0: float("inf"), 1: max(round(n * w[1]), int(w[1] > 0)), 2: max(round(n * w[2]), int(w[2] > 0))}
+        have = {0: 0, 1: 0, 2: 0}
+        for k, a in enumerate(artists):
+            left = len(artists) - k
+            if have[0] == 0 and left <= 1:
+                part = 0  # training never goes without an artist of the genre
+            else:
+                part = next(p for p in (2, 1, 0) if have[p] < want[p])
+            tracks = np.flatnonzero(groups == a)
+            parts[part].extend(tracks)
+            have[part] += len(tracks)
     return tuple(np.sort(np.asarray(p, dtype=int)) for p in parts)
 
 
@@ -307,7 +389,8 @@ def prepare_splits(data, s):
     The tensors hold raw features: the model z-scores them with the stats in its config.
     """
     track_labels = np.asarray([data.labels[data.tracks == t][0] for t in range(len(data.track_names))])
-    tracks = split_tracks(track_labels, [float(v) for v in s.split.split(",")], s.seed)
+    groups = track_groups(data.track_names, load_artist_index(s.artists)) if s.artists else None
+    tracks = split_tracks(track_labels, [float(v) for v in s.split.split(",")], s.seed, groups)
     if any(len(part) == 0 for part in tracks):
         raise SettingsError(f"--split {s.split}: expected at least one training, one validation and one test "
                             f"track, got {'/'.join(str(len(p)) for p in tracks)}")

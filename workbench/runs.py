@@ -256,7 +256,7 @@ def dataset_summary(data, s, sp):
             "source": "synthetic" if synthetic else "dataset" if s.dataset else "data-dir",
             "genres": list(data.genres),
             "n_tracks": [len(p) for p in sp.tracks], "n_windows": [len(r) for r in sp.rows],
-            "split": f"stratified by {'clip' if synthetic else 'recording'}, "
+            "split": f"stratified by {'clip' if synthetic else 'artist (--artists)' if s.artists else 'recording'}, "
                      f"proportions {s.split} (train,val,test), seed {s.seed}",
             "skipped": [[_relative(p, roots), _relative_text(r, roots)] for p, r in data.skipped]}
 
