@@ -252,9 +252,8 @@ class MusicGenreMoEConfig(PretrainedConfig):
                              f"got {wrong}; set prototype_space to the space they were made in")
         if self.decision not in DECISIONS:
             raise ValueError(f"decision must be one of {', '.join(map(repr, DECISIONS))}, got {self.decision!r}")
-        if self.decision != "classifier" and set(self.genre_centroids) != set(self.genres):
-            raise ValueError(f"decision {self.decision!r} needs genre_centroids for every genre {self.genres}, "
-                             f"got {sorted(self.genre_centroids)}")
+        if self.genre_centroids and set(self.genre_centroids) != set(self.genres):
+            raise ValueError(f"genre_centroids must hold every genre {self.genres}, got {sorted(self.genre_centroids)}")
         short = {g: len(v) for g, v in self.genre_centroids.items() if len(v) != self.input_size}
         if short:
             raise ValueError(f"genre_centroids must have input_size={self.input_size} values each, got {short}")

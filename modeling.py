@@ -597,6 +597,9 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         (per window, or `outputs.mean()` for a song)."""
         c = self.config
         if outputs.zscores is None:
+            if c.decision != "classifier":
+                raise ValueError(f"decision {c.decision!r} needs genre_centroids in the config (train.py stores them; "
+                                 "or call model.set_genre_centroids), got none")
             return outputs.probabilities, None
         cos = self.centroid_cosines(outputs.zscores)
         nearest = (COSINE_SCALE * cos).softmax(-1)

@@ -200,7 +200,11 @@ def cv_folds(track_labels, n_folds, seed, sources=None, groups=None):
         raise ValueError(f"cross-validation needs at least 2 tracks per genre (and folder), got {smallest}")
     if groups is not None:
         _, codes = np.unique(np.asarray(groups), return_inverse=True)
-        sgkf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        groups_per_stratum = min(len(np.unique(codes[strata == v])) for v in np.unique(strata))
+        if groups_per_stratum < 2:
+            raise ValueError(f"cross-validation by artist needs at least 2 artists per genre (and folder), "
+                             f"got {groups_per_stratum}")
+        sgkf = StratifiedGroupKFold(n_splits=min(n_folds, groups_per_stratum), shuffle=True, random_state=seed)
         folds = [(tr, te) for tr, te in sgkf.split(np.zeros(len(track_labels)), strata, codes)]
         assert all(not set(codes[tr]) & set(codes[te]) for tr, te in folds), "an artist on both sides of a split"
         return folds

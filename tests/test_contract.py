@@ -76,7 +76,7 @@ def test_every_door_gives_the_same_probabilities(model, export_dir, songs, tmp_p
     fe = AutoFeatureExtractor.from_pretrained(export_dir, trust_remote_code=True)
     with torch.no_grad():  # the standard transformers call, raw features straight into forward
         forward = model(**fe(y, sampling_rate=SAMPLE_RATE, return_tensors="pt")).logits.softmax(-1).mean(0)
-    feats, _ = model.audio_features(y, SAMPLE_RATE)
+    feats = model.song_inputs(y, SAMPLE_RATE).features
     doors = {
         "forward(**feature_extractor)": forward.numpy(),
         "predict(raw window features)": np.mean([probs_of(r) for r in model.predict(feats)], axis=0),
