@@ -58,8 +58,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from workbench.runs import ModelSpecError, load_model as load_model_spec, resolve_model_spec
-from workbench.tagging import (AUDIO_EXTENSIONS, Outputs, RayJobError, Settings, UsageError, available_cpus, find_audio,
-                               model_genres, run_local)
+from workbench.tagging import (AUDIO_EXTENSIONS, OutputError, Outputs, RayJobError, Settings, UsageError, available_cpus,
+                               find_audio, model_genres, run_local)
 
 DEFAULT_TOP_K = 3
 _RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.\-]+:\d+|\[[0-9a-fA-F:]+\]:\d+)$")
@@ -321,6 +321,10 @@ def main(argv=None) -> int:
         code = 130
     except RayJobError as exc:
         print(f"classify.py: error: {exc}", file=sys.stderr)
+        code = 1
+    except OutputError as exc:  # a full disk: the outputs hold whole lines only, so resume is right
+        print(f"classify.py: error: {exc}; {outputs.written} songs written this run: free some space and run the "
+              f"same command again to resume", file=sys.stderr)
         code = 1
     finally:
         if bar is not None:

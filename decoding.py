@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import sys
 import tempfile
 import threading
@@ -354,8 +355,14 @@ def _read_head(source: Source, name: str) -> bytes:
         source.seek(pos)
         return head
     p = Path(source)
-    if not p.is_file():
-        raise AudioError(f"{name}: file not found" if not p.exists() else f"{name}: not a regular file")
+    try:  # the errno says why: a missing file, a symlink loop, a folder without permission
+        is_file = stat.S_ISREG(os.stat(p).st_mode)
+    except FileNotFoundError:
+        raise AudioError(f"{name}: file not found") from None
+    except OSError as exc:  # as workbench.batch (classify.py) says it
+        raise AudioError(f"{name}: cannot read file ({exc.strerror or exc})") from None
+    if not is_file:
+        raise AudioError(f"{name}: not a regular file")
     try:
         with open(p, "rb") as fh:
             return fh.read(16)

@@ -644,7 +644,8 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         """The model's door from audio to its inputs: `song.song_inputs` of the decoded song (a `SongInputs`)."""
         c = self.config
         y = song_waveform(audio, sampling_rate, sr=c.sampling_rate)
-        return song_inputs(y, c.sampling_rate, c.clip_seconds, self.frontend)
+        source = os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else "array"  # errors name the file
+        return song_inputs(y, c.sampling_rate, c.clip_seconds, self.frontend, source=source)
 
     # -- few-shot genres --------------------------------------------------------------------------
 

@@ -16,9 +16,11 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 try:
-    from .features import CLIP_SECONDS, HOP_LENGTH, N_FFT, SAMPLE_RATE, as_mono_waveform, extract_song, load_audio, resample_audio
+    from .features import (CLIP_SECONDS, HOP_LENGTH, N_FFT, SAMPLE_RATE, AudioError, as_mono_waveform, extract_song,
+                           load_audio, resample_audio)
 except ImportError:  # running from a checkout, not as a Hub dynamic module
-    from features import CLIP_SECONDS, HOP_LENGTH, N_FFT, SAMPLE_RATE, as_mono_waveform, extract_song, load_audio, resample_audio
+    from features import (CLIP_SECONDS, HOP_LENGTH, N_FFT, SAMPLE_RATE, AudioError, as_mono_waveform, extract_song,
+                          load_audio, resample_audio)
 
 
 class SongInputs(NamedTuple):
@@ -45,6 +47,12 @@ def song_waveform(audio, sampling_rate=None, sr=SAMPLE_RATE):
     Returns
     -------
     np.ndarray, shape (n_samples,), float32
+
+    Samples outside [-1, 1]: both doors give the same answer. A file's decoder clips finite samples
+    to [-1, 1] (`decoding.decode_audio`), and a waveform is clipped the same way after resampling,
+    so a float WAV scaled by 1e30 and the same samples as an array are both clipped and classified
+    alike; NaN or infinite samples are refused by both ("audio contains NaN or infinite samples").
+    The caller's array is never changed (an out-of-range one is clipped into a copy).
     """
     if isinstance(audio, (bytes, bytearray)):
         return _load_bytes(bytes(audio), sr)
@@ -56,7 +64,20 @@ def song_waveform(audio, sampling_rate=None, sr=SAMPLE_RATE):
     if sampling_rate is None:
         raise ValueError("audio: a waveform needs its sampling_rate (e.g. 22050), got None")
     rate = _check_rate(sampling_rate)
-    return resample_audio(as_mono_waveform(audio), rate, sr)
+    return _clipped(resample_audio(as_mono_waveform(audio), rate, sr))
+
+
+def _clipped(y, source="array", block=1 << 20):
+    """A waveform's samples in [-1, 1], as the file decoder leaves them: non-finite ones refused,
+    the rest clipped (into a copy, only when a sample lies outside); checked a block at a time."""
+    peak = 0.0
+    for i in range(0, len(y), block):
+        part = y[i:i + block]
+        if not np.isfinite(part).all():
+            raise AudioError(f"{source}: audio contains NaN or infinite samples")
+        if part.size:
+            peak = max(peak, float(np.abs(part).max()))
+    return np.clip(y, -1.0, 1.0).astype(np.float32, copy=False) if peak > 1.0 else y
 
 
 def _check_rate(sampling_rate):
@@ -84,7 +105,8 @@ def _load_bytes(data, sr):
         os.unlink(path)
 
 
-def song_inputs(y, sr=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, frontend=None, *, n_fft=N_FFT, hop_length=HOP_LENGTH):
+def song_inputs(y, sr=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, frontend=None, *, n_fft=N_FFT, hop_length=HOP_LENGTH,
+                source="array"):
     """The model inputs of every kept window of a song.
 
     The song is cut into `clip_seconds` windows (`features.extract_song`: silent windows are
@@ -102,13 +124,20 @@ def song_inputs(y, sr=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, frontend=None, *, 
     frontend : frontend.MusiCNN or None
         The model's front end (`model.frontend`), or None for a model on the 59 features alone.
     n_fft, hop_length : int
+    source : str
+        How errors name the song: its file's path, or "array".
 
     Returns
     -------
     SongInputs
         features (n_windows, 59 [+ front-end width]) float32, starts (n_windows,) int64, duration (s).
     """
-    song = extract_song(y, sr=sr, clip_seconds=clip_seconds, n_fft=n_fft, hop_length=hop_length)
+    try:
+        song = extract_song(y, sr=sr, clip_seconds=clip_seconds, n_fft=n_fft, hop_length=hop_length)
+    except AudioError as exc:  # the windowing only knows an "array": name the song's file
+        if source != "array" and str(exc).startswith("array: "):
+            raise AudioError(f"{source}: {str(exc)[len('array: '):]}") from None
+        raise
     feats = song.features
     if frontend is not None:
         try:

@@ -236,6 +236,9 @@ def _content_hash(source: Source) -> str:
     return h.hexdigest()
 
 
+content_hash = _content_hash  # public: workbench.data finds the same recording under two names by it
+
+
 def _cache_path(cache_dir: Path, content: str, settings: str) -> Path:
     key = hashlib.blake2b((content + "\0" + settings).encode(), digest_size=20).hexdigest()
     return cache_dir / key[:2] / f"{key}.npz"
@@ -525,10 +528,11 @@ def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_
                             index, _source, desc = fut.task
                             yield index, None, f"{desc}: worker failed ({type(exc).__name__}: {exc})", False
             finally:  # also on an early stop of the iteration (generator closed)
-                # Every result is in hand (or no longer wanted): don't make the caller wait for
-                # the workers' interpreter teardown (~0.1 s each); the executor reaps them in the
-                # background, and queued sources are cancelled.
-                pool.shutdown(wait=False, cancel_futures=True)
+                # Queued sources are cancelled and the workers joined here. Not wait=False: an
+                # executor left to reap its workers in the background races the interpreter's exit
+                # (its wake-up pipe and call queue are closed under the manager thread), which
+                # printed "OSError: [Errno 9] Bad file descriptor" at the end of some runs (issue 23).
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         _WORKER_STATE.clear()
         _WORKER_STATE.update(saved)

@@ -6,13 +6,17 @@ in Ray workers (`classify_paths`), which is why a local and a Ray run write the 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import io
 import json
 import os
 import re
+import signal
+import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,30 +201,88 @@ def classify_paths(model, paths: Sequence[str], settings: Settings, n_jobs: Opti
 # Output: append-only, fsynced, resumable
 
 
-def _drop_torn_tail(path: Path) -> int:
-    """Cut a last line that has no newline (a write interrupted mid-line). Returns bytes dropped."""
+def _whole_lines_length(path: Path) -> int:
+    """The length of `path` up to its last newline: a last line without one is a torn write."""
     size = path.stat().st_size
     if size == 0:
         return 0
-    with open(path, "rb+") as fh:
-        fh.seek(max(0, size - 1))
+    with open(path, "rb") as fh:
+        fh.seek(size - 1)
         if fh.read(1) == b"\n":
-            return 0
-        # Scan back for the last newline, in blocks (the file may be large).
-        pos, keep = size, 0
+            return size
+        pos = size  # scan back for the last newline, in blocks (the file may be large)
         while pos > 0:
             step = min(1 << 16, pos)
             pos -= step
             fh.seek(pos)
-            block = fh.read(step)
-            nl = block.rfind(b"\n")
+            nl = fh.read(step).rfind(b"\n")
             if nl >= 0:
-                keep = pos + nl + 1
-                break
+                return pos + nl + 1
+    return 0
+
+
+def _cut(path: Path, keep: int) -> None:
+    with open(path, "rb+") as fh:
         fh.truncate(keep)
         fh.flush()
         os.fsync(fh.fileno())
-    return size - keep
+
+
+def _first_line(path: Path, limit: int = 1 << 16) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.readline(limit)
+
+
+def _quoted(raw: bytes, n: int = 60) -> str:
+    text = raw.decode("utf-8", "replace").rstrip("\r\n")
+    return repr(text[:n] + ("..." if len(text) > n else ""))
+
+
+@contextlib.contextmanager
+def signals_deferred(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Hold SIGINT/SIGTERM back while a block runs (main thread only): a signal that arrives is
+    recorded and raised again after the block, never between a write reaching the disk and the
+    count that records it. (A thread's signal mask would not do: the kernel hands a process's
+    signal to any thread that does not block it, and Python raises it in the main thread.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    old = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for sig in pending:
+            signal.raise_signal(sig)
+
+
+class OutputError(Exception):
+    """An output file could not be written (a full disk, an I/O error): one line, exit code 1."""
+
+
+def _append_bytes(fh, data: bytes) -> None:
+    """Write all of `data` to an unbuffered file and fsync it (a raw write may be partial)."""
+    view = memoryview(data)
+    while view:
+        view = view[fh.write(view):]
+    os.fsync(fh.fileno())
+
+
+def append_whole(fh, path: Path, data: bytes) -> None:
+    """Append `data` (whole lines) to `fh`, or nothing: on a failed write (ENOSPC, EIO) what was
+    written of it is cut off again, so no torn line is left, and an OutputError names the file."""
+    start = os.fstat(fh.fileno()).st_size
+    try:
+        _append_bytes(fh, data)
+    except OSError as exc:
+        try:
+            os.ftruncate(fh.fileno(), start)
+        except OSError:  # the next run drops a torn last line anyway
+            pass
+        raise OutputError(f"{path}: {exc.strerror or exc} (errno {exc.errno}) while appending "
+                          f"{len(data)} bytes; nothing of it was kept") from None
 
 
 def _csv_line(values: Sequence) -> str:
@@ -237,41 +299,112 @@ class AppendLog:
         self.fh = None
 
     def open(self, overwrite: bool) -> List[List[str]]:
-        """Open for appending; returns the rows already there (after dropping a torn last line)."""
+        """Open for appending; returns the rows already there. An existing file must be this tool's
+        (its header, then rows of as many fields), checked before a byte of it changes; only then
+        is a torn last line (a write interrupted mid-line) dropped."""
         rows: List[List[str]] = []
-        if self.path.exists() and not overwrite:
-            dropped = _drop_torn_tail(self.path)
-            if dropped:
+        if self.path.exists() and not overwrite and self.path.stat().st_size:
+            keep = _whole_lines_length(self.path)
+            self._check_header(_first_line(self.path))
+            with open(self.path, "rb") as fh:
+                data = fh.read(keep)
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line = data.count(b"\n", 0, exc.start) + 1
+                raise UsageError(f"{self.path}: line {line} is not UTF-8 text; the file was edited or corrupted: "
+                                 f"fix it or use --overwrite") from None
+            reader = csv.reader(io.StringIO(text, newline=""))
+            next(reader, None)
+            for row in reader:
+                if len(row) != len(self.header):
+                    raise UsageError(f"{self.path}: line {reader.line_num} has {len(row)} fields, expected "
+                                     f"{len(self.header)}; the file was edited or corrupted: fix it or use --overwrite")
+                rows.append(row)
+            if keep < self.path.stat().st_size:
+                dropped = self.path.stat().st_size - keep
+                _cut(self.path, keep)
                 print(f"{self.path}: dropped an incomplete last line ({dropped} bytes) left by an interrupted run",
                       file=sys.stderr)
-            with open(self.path, newline="", encoding="utf-8") as fh:
-                reader = csv.reader(fh)
-                head = next(reader, None)
-                if head is not None and head != self.header:
-                    raise UsageError(
-                        f"{self.path}: existing file has other columns ({','.join(head[:6])}...): it was written "
-                        f"with another model or --top-k; use another output or --overwrite")
-                for n, row in enumerate(reader, start=2):
-                    if len(row) != len(self.header):
-                        raise UsageError(f"{self.path}: line {n} has {len(row)} fields, expected {len(self.header)}; "
-                                         f"the file was edited or corrupted: fix it or use --overwrite")
-                    rows.append(row)
         if overwrite or not self.path.exists() or self.path.stat().st_size == 0:
             write_bytes(self.path, _csv_line(self.header).encode("utf-8"))
-        self.fh = open(self.path, "ab")
+        self.fh = open(self.path, "ab", buffering=0)
         return rows
+
+    def _check_header(self, first: bytes) -> None:
+        """Refuse a file that is not this tool's output (another CSV, a text file, a WAV)."""
+        try:
+            head = next(csv.reader([first.decode("utf-8")]), [])
+        except UnicodeDecodeError:
+            head = None
+        if head == self.header:
+            return
+        if head is None or head[:1] != self.header[:1] or len(head) < 2 or head[1] != self.header[1]:
+            raise UsageError(f"{self.path}: exists and is not a classify.py output (first line {_quoted(first)}, "
+                             f"expected the header {','.join(self.header[:3])},...); name another file "
+                             f"(--overwrite would replace it)")
+        raise UsageError(f"{self.path}: existing file has other columns ({','.join(head[:6])}...): it was written "
+                         f"with another model or --top-k; use another output or --overwrite")
 
     def append(self, rows: Iterable[Sequence]) -> None:
         data = "".join(_csv_line(r) for r in rows).encode("utf-8")
         if data:
-            self.fh.write(data)  # one write per batch: whole lines
-            self.fh.flush()
-            os.fsync(self.fh.fileno())
+            append_whole(self.fh, self.path, data)  # one batch of whole lines, or nothing
 
     def close(self) -> None:
         if self.fh is not None:
             self.fh.close()
             self.fh = None
+
+
+class OutputLock:
+    """One run at a time per output file: `<file>.lock` beside it, held with an exclusive
+    `fcntl.flock` and naming its holder (pid, host, start time). A second run is refused with a
+    line naming the holder. The kernel drops the lock of a process that dies (even by SIGKILL), so
+    a lock file left by a dead run is stale and simply taken over."""
+
+    def __init__(self, path: Path):
+        self.path = path.with_name(path.name + ".lock")
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: no lock
+            return
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0)
+                os.close(fd)
+                raise UsageError(self._busy(holder)) from None
+            try:  # the file we locked must still be the one at the path (a holder unlinks it on release)
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self.fd = fd
+
+    def _busy(self, raw: bytes) -> str:
+        try:
+            h = json.loads(raw)
+            holder = f"classify.py pid {h['pid']} on {h['host']} since {h['started']}"
+        except (ValueError, KeyError, TypeError):
+            holder = "another classify.py run"
+        return f"{self.path}: this output is in use by {holder}; wait for that run to finish"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
 
 
 TAGS_IN_CSV = 5  # the front end's most likely tags per song in the CSV (the JSONL holds ten)
@@ -315,9 +448,22 @@ class Outputs:
         self.done_errors: List[List[str]] = []
         self.written = 0
         self.failed = 0
+        self.locks: List[OutputLock] = []
 
     def open(self, overwrite: bool, retry_errors: bool) -> set:
-        """Open everything; returns the paths to skip (already classified, or failed before)."""
+        """Lock and open everything; returns the paths to skip (already classified, or failed before).
+        The locks come first: nothing is read or repaired while another run writes."""
+        try:
+            for p in (self.rows.path, self.errors.path, self.jsonl_path):
+                if p is not None:
+                    self.locks.append(OutputLock(p))
+                    self.locks[-1].acquire()
+            return self._open(overwrite, retry_errors)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, overwrite: bool, retry_errors: bool) -> set:
         self.done_rows = self.rows.open(overwrite)
         done = {r[0] for r in self.done_rows}
         prior_errors = self.errors.path.exists() and not overwrite
@@ -338,6 +484,12 @@ class Outputs:
         """Keep the JSONL lines of songs in the CSV (once each); drop the rest (a torn line, or songs
         written there but not yet in the CSV when the run stopped: they are redone)."""
         p = self.jsonl_path
+        if p.exists() and not overwrite and p.stat().st_size:
+            first = _first_line(p)
+            if not first.startswith(b'{"path": '):  # every line this tool writes starts so
+                raise UsageError(f"{p}: exists and is not a classify.py --jsonl output (first line {_quoted(first)}, "
+                                 f"expected a JSON object starting with \"path\"); name another file "
+                                 f"(--overwrite would replace it)")
         if p.exists() and not overwrite:
             kept, seen, changed = [], set(), False
             with open(p, "rb") as fh:
@@ -355,30 +507,34 @@ class Outputs:
                 write_bytes(p, b"".join(kept))
         elif overwrite or not p.exists():
             write_bytes(p, b"")
-        self.jsonl = open(p, "ab")
+        self.jsonl = open(p, "ab", buffering=0)
 
     def write(self, records: Sequence[dict], failures: Sequence[Tuple[str, str]]) -> None:
+        # A path with a line break is refused before any file sees it (resume reads the outputs line
+        # by line): it is listed in the errors file only, the same locally and on Ray.
+        good, bad = [], []
+        for r in records:
+            if "\n" in r["path"] or "\r" in r["path"]:
+                bad.append((r["path"], "the path contains a line break, which one output line cannot hold; "
+                                       "rename the file"))
+            else:
+                good.append(r)
+        records = good
         if self.tags is not None:  # before the CSV rows: a song in the CSV has its tag written
             failures = list(failures) + self.tags.apply(list(records))
         if self.jsonl is not None and records:
-            self.jsonl.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
-            self.jsonl.flush()
-            os.fsync(self.jsonl.fileno())
+            append_whole(self.jsonl, self.jsonl_path,
+                         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
         if self.timeline_dir is not None:
             for r in records:
                 self._timeline(r)
-        good, bad = [], []
-        for r in records:
-            if "\n" in r["path"] or "\r" in r["path"]:  # resume reads the CSV line by line
-                bad.append((r["path"], "the path contains a line break, which one CSV line cannot hold"))
-            else:
-                good.append(r)
         extra = self.tags.columns if self.tags is not None else []
-        self.rows.append(csv_row(r, self.genres) + [r.get(c, "") for c in extra] for r in good)
-        self.errors.append(list(failures) + bad)
-        self.done_rows.extend([r["path"], r["genre"]] for r in good)
-        self.written += len(good)
-        self.failed += len(failures) + len(bad)
+        with signals_deferred():  # the rows on disk and the counts move together (SIGINT, SIGTERM)
+            self.rows.append(csv_row(r, self.genres) + [r.get(c, "") for c in extra] for r in records)
+            self.done_rows.extend([r["path"], r["genre"]] for r in records)
+            self.written += len(records)
+            self.errors.append(list(failures) + bad)
+            self.failed += len(failures) + len(bad)
 
     def _timeline(self, rec: dict) -> None:
         import matplotlib.pyplot as plt
@@ -403,6 +559,9 @@ class Outputs:
         if self.jsonl is not None:
             self.jsonl.close()
             self.jsonl = None
+        for lock in self.locks:
+            lock.release()
+        self.locks = []
 
 
 def timeline_name(path: str) -> str:
