@@ -327,8 +327,10 @@ def test_every_model_source_gives_the_same_rows(reference, library, run_dir, tmp
         out = tmp_path / f"p{i}.csv"
         assert run([*some, "--model", src, "--out", out, "--n-jobs", "1"]) == 0
         assert_same_rows(read_rows(out), expected)
-    assert classify.resolve_model(str(exported))[0] == "remote"
-    assert classify.resolve_model("someone/music-genre-moe") == ("remote", "someone/music-genre-moe")
+    from workbench.runs import resolve_model_spec
+
+    assert resolve_model_spec(str(exported))[0] == "local"  # this project's export: local classes, no remote code
+    assert resolve_model_spec("someone/music-genre-moe") == ("hub", "someone/music-genre-moe")
 
 
 def test_a_model_with_the_pretrained_front_end(library, run_dir, tmp_path):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 import soundfile as sf
 
@@ -122,7 +123,11 @@ def test_long_file_is_predicted_by_windows(run, tmp_path):
     assert starts[:12] == [5.0 * i for i in range(12)] and starts[12] == pytest.approx(58.0, abs=1e-3)
     probs = np.array([list(w["probabilities"].values()) for w in pred["windows"]])
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
-    assert np.allclose(probs.mean(0), list(pred["probabilities"].values()), atol=1e-5)  # song = window mean
+    assert model.config.decision == "centroids"  # recordings: the nearest genre centroid names the song
+    # The song is its windows averaged: the mean window input, then the decision (cosine to the centroids).
+    z = model.normalise(torch.from_numpy(model.song_inputs(path).features)).mean(0, keepdim=True)
+    expected = (10 * model.centroid_cosines(z)).softmax(-1)[0].tolist()
+    assert np.allclose(expected, list(pred["probabilities"].values()), atol=1e-5)
 
 
 def test_eval_real_quick_smoke_run(folder, tmp_path):
