@@ -17,6 +17,15 @@ The path, top down::
                            50 tag logits)
       -> window_embedding: mean of the 200-d penultimate layer over a window's patches
 
+Inference precision (``precision=`` of :meth:`MusiCNN.embed` and :func:`window_embeddings`, the
+config's ``frontend_precision``): ``"fp32"`` is the network above, exactly; ``"bf16"`` and ``"int8"``
+run the five front-end convolutions (95% of the arithmetic) as matrix products in bfloat16, or in
+int8 for all but ``temporal_32`` (kept in bfloat16), fast on CPUs with AVX-512 BF16 / VNNI;
+``"auto"`` (:func:`resolve_precision`) picks int8 where the CPU has both, bf16 where it has BF16
+only, fp32 elsewhere. The low-precision paths are for inference only (no gradients); cached training
+embeddings should use ``"fp32"`` so a model's training inputs do not depend on the CPU; with
+gradients enabled (a training forward pass) the network always runs in fp32.
+
 Only torch and numpy are needed to import this file and run the network; ``log_mel`` and the
 window helpers need librosa (imported inside ``try:``, so a Hub user with patches or embeddings
 already computed does not need it).
@@ -24,6 +33,7 @@ already computed does not need it).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence, Union
 
@@ -47,6 +57,7 @@ __all__ = [
     "PATCH_SECONDS", "PATCH_SAMPLES", "EMBEDDING_SIZE", "MSD_TAGS", "DEFAULT_WEIGHTS",
     "log_mel", "log_mel_patches", "MusiCNN", "MusiCNNOutput", "load_musicnn",
     "window_patches", "window_embedding", "window_embeddings", "patches_per_pass",
+    "PRECISIONS", "cpu_flags", "resolve_precision",
 ]
 
 MUSICNN_SAMPLE_RATE = 16000
@@ -152,6 +163,63 @@ def log_mel_patches(y: np.ndarray, sr: int = MUSICNN_SAMPLE_RATE) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# Inference precision
+# --------------------------------------------------------------------------------------------
+
+#: Accepted values of ``precision``: see :func:`resolve_precision`.
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux); empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_precision(precision: str = "auto", device: Union[str, torch.device, None] = None) -> str:
+    """The precision the network will run in: ``"fp32"``, ``"bf16"`` or ``"int8"``.
+
+    ``"auto"`` on a CPU gives ``"int8"`` when it has AVX-512 VNNI and BF16 (``avx512_vnni`` and
+    ``avx512_bf16`` in :func:`cpu_flags`: e.g. AMD Zen 4, Intel Cooper Lake and later),
+    ``"bf16"`` with AVX-512 BF16 or AMX only, else ``"fp32"``; on any other device ``"fp32"``.
+    An explicit ``"fp32"``, ``"bf16"`` or ``"int8"`` is returned as given (``"int8"`` is CPU only).
+
+    Parameters
+    ----------
+    precision : str
+        One of :data:`PRECISIONS`.
+    device : str or torch.device, optional
+        Where the network runs (default CPU).
+
+    Returns
+    -------
+    str
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if precision == "int8" and not on_cpu:
+        raise ValueError(f"precision='int8' runs on CPU only, got device {device}")
+    if precision != "auto":
+        return precision
+    flags = cpu_flags()
+    if not on_cpu or not torch.backends.mkldnn.is_available():
+        return "fp32"
+    if {"avx512_vnni", "avx512_bf16"} <= flags:
+        return "int8"
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return "bf16"
+    return "fp32"
+
+
+# --------------------------------------------------------------------------------------------
 # The network
 # --------------------------------------------------------------------------------------------
 
@@ -200,6 +268,81 @@ class _FrequencyPooledConv(nn.Module):
         return F.batch_norm(F.relu(pooled * sign[:, None]), self.bn.running_mean, self.bn.running_var,
                             self.bn.weight, self.bn.bias, False, 0.0, self.bn.eps)
 
+    # -- low-precision inference (MusiCNN.embed with precision "bf16" or "int8") --------------------
+    #
+    # The convolution as one matrix product: the sign-folded kernels (C, kh*kw) times the input's
+    # (kh x kw) windows at every (patch, frame, mel position), (kh*kw, B*T*M'), gives (C, B*T*M'),
+    # where the max over mel is a reduction over the last, contiguous axis (the cheap one).
+
+    def _low_precision_weights(self, precision: str):
+        """(sign, bn scale, kernels (C, kh*kw) in bf16, or (int8 kernels, per-channel scale, row sums)).
+
+        Cached; rebuilt whenever the weights change (load_state_dict bumps their version).
+        """
+        key = (precision, self.conv.weight.device)
+        stamp = tuple((t.data_ptr(), t._version) for t in (self.conv.weight, self.conv.bias, self.bn.weight,
+                                                            self.bn.running_var))
+        cache = self.__dict__.setdefault("_low_precision_cache", {})
+        hit = cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        with torch.inference_mode(False), torch.no_grad():
+            scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
+            sign = torch.where(scale >= 0, 1.0, -1.0)
+            kernels = self.conv.weight.reshape(self.conv.out_channels, -1) * sign[:, None]   # (C, kh*kw)
+            if precision == "int8":
+                # Symmetric per-channel int8 kernels; their row sums serve the input's zero point.
+                w_scale = kernels.abs().amax(1).clamp_min(1e-12) / 127.0
+                q = torch.round(kernels / w_scale[:, None]).to(torch.int8)
+                weights = (q, w_scale, q.sum(1, dtype=torch.int32))
+            else:
+                weights = kernels.to(torch.bfloat16).contiguous()
+            value = (sign, scale, weights)
+        cache[key] = (stamp, value)
+        return value
+
+    def _windows(self, padded: torch.Tensor, pad: int) -> torch.Tensor:
+        """The convolution's input windows, rows ordered (patch, frame, mel position): (B*T*M', kh*kw).
+
+        ``padded`` is the input with ``pad`` frames each side, (B, T + 2 pad, 96) for the timbral
+        blocks, mel first, (B, 96, T + 2 pad), for the temporal ones (kernels one band wide: their
+        windows are runs along time, copied fastest from that layout).
+        """
+        kh, kw = self.conv.kernel_size
+        before, after = self.time_padding
+        if kw == 1:
+            x = padded[:, :, pad - before: padded.shape[2] - pad + after]
+            return x.unfold(2, kh, 1).permute(0, 2, 1, 3).reshape(-1, kh)
+        x = padded[:, pad - before: padded.shape[1] - pad + after]
+        return x.unfold(1, kh, 1).unfold(2, kw, 1).reshape(-1, kh * kw)
+
+    def _finish(self, pooled: torch.Tensor, sign: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Max-pooled sign-folded convolution (C, B, T) float32, no bias -> ReLU -> batch norm, (B, C, T)."""
+        c = (slice(None), None, None)
+        x = F.relu((pooled + (self.conv.bias * sign)[c]) * sign[c])
+        return ((x - self.bn.running_mean[c]) * scale[c] + self.bn.bias[c]).transpose(0, 1)
+
+    def pooled_bf16(self, padded: torch.Tensor, pad: int, batch: int, frames: int) -> torch.Tensor:
+        """The block's output (B, C, T) with the convolution in bfloat16; ``padded`` as in :meth:`_windows`, bf16."""
+        sign, scale, weights = self._low_precision_weights("bf16")
+        out = (weights @ self._windows(padded, pad).t()).view(weights.shape[0], batch, frames, -1)
+        # Widened before the max: torch's bf16 reductions are ~15x slower than its float32 ones here.
+        return self._finish(out.float().amax(3), sign, scale)
+
+    def pooled_int8(self, padded: torch.Tensor, pad: int, batch: int, frames: int, x_scale: torch.Tensor,
+                    zero_point: torch.Tensor) -> torch.Tensor:
+        """The block's output (B, C, T) with the convolution in int8 (int32 sums).
+
+        ``padded`` (as in :meth:`_windows`) is the input quantised per patch, x = x_scale * (q -
+        zero_point), padded with the zero point (exactly 0.0). The max over mel is taken on the
+        integer sums: the dequantisation that follows is per patch and channel and positive, so it
+        commutes with it.
+        """
+        sign, scale, (weights, w_scale, w_sums) = self._low_precision_weights("int8")
+        acc = torch._int_mm(weights, self._windows(padded, pad).t()).view(weights.shape[0], batch, frames, -1).amax(3)
+        acc = acc - zero_point.to(torch.int32)[None, :, None] * w_sums[:, None, None]
+        return self._finish(acc.float() * (x_scale[None, :, None] * w_scale[:, None, None]), sign, scale)
+
 
 class _MidEndConv(nn.Module):
     """Conv1d over time (7 frames, zero-padded 3 + 3) -> ReLU -> batch norm.
@@ -216,6 +359,15 @@ class _MidEndConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, T) -> (B, out_channels, T)."""
         return self.bn(F.relu(self.conv(x)))
+
+
+_FRONT_BLOCK_NAMES = ("timbral_74", "timbral_77", "temporal_128", "temporal_64", "temporal_32")
+#: The front-end blocks that precision "int8" runs in int8 (99% of the front end's arithmetic):
+#: all but temporal_32, whose 32-tap int8 kernels alone cost the most accuracy (per-patch cosine
+#: 0.9989 with the rest in bf16); it stays in bf16. With these four in int8: cosine >= 0.9994 on
+#: the reference patches; without timbral_74 too, >= 0.9996 on every GTZAN mini-dev window (against
+#: 0.9975) but 2.0x fp32's speed instead of 2.8x.
+_INT8_BLOCKS = frozenset(_FRONT_BLOCK_NAMES[:4])
 
 
 def _tf_same_padding(kernel: int) -> tuple:
@@ -292,6 +444,10 @@ class MusiCNN(nn.Module):
         x = self.input_bn(patches.unsqueeze(1))                       # (B, 1, T, 96)
         front = torch.cat([self.timbral_74(x), self.timbral_77(x), self.temporal_128(x),
                            self.temporal_64(x), self.temporal_32(x)], dim=1)  # (B, 561, T)
+        return self._mid_and_back(front)
+
+    def _mid_and_back(self, front: torch.Tensor) -> MusiCNNOutput:
+        """The mid-end and back end on the front end's (B, 561, T) features."""
         m1 = self.midend1(front)
         m2 = self.midend2(m1) + m1
         m3 = self.midend3(m2) + m2
@@ -303,9 +459,58 @@ class MusiCNN(nn.Module):
         logits = self.tags(penultimate)
         return MusiCNNOutput(logits, torch.sigmoid(logits), penultimate, mean_pool, max_pool)
 
-    def embed(self, patches: torch.Tensor) -> torch.Tensor:
-        """The 200-d penultimate embedding of each patch: (B, T, 96) -> (B, 200)."""
-        return self.forward(patches).penultimate
+    def embed(self, patches: torch.Tensor, precision: str = "auto") -> torch.Tensor:
+        """The 200-d penultimate embedding of each patch: (B, T, 96) -> (B, 200).
+
+        Parameters
+        ----------
+        patches : torch.Tensor, shape (B, T, 96)
+        precision : str
+            ``"fp32"``: :meth:`forward`, exactly. ``"auto"`` (the default; :func:`resolve_precision`),
+            ``"bf16"`` or ``"int8"``: under ``torch.no_grad`` / ``torch.inference_mode``, the
+            front-end convolutions in low precision; the mid-end and back end stay float32. Measured against fp32 on the 40 reference
+            patches (``benchmarks/bench_precision.py``): per-patch cosine >= 0.9996 for bf16 and
+            >= 0.9994 for int8 (mean 0.99994 and 0.99968); on GTZAN mini-dev's 300 5-s windows
+            >= 0.9997 for bf16 and >= 0.9975 for int8 (mean 0.99973; its timbral_74 kernels in
+            int8 cost the most), the same genre from either on all 50 recordings. With gradients
+            enabled (training, even with the front end frozen) every precision runs as fp32.
+
+        Returns
+        -------
+        torch.Tensor, shape (B, 200), float32
+        """
+        mode = resolve_precision(precision, patches.device)
+        if mode == "fp32" or torch.is_grad_enabled():
+            return self.forward(patches).penultimate
+        if patches.dim() != 3 or patches.shape[-1] != MUSICNN_N_MELS:
+            raise ValueError(f"MusiCNN expects patches of shape (batch, frames, {MUSICNN_N_MELS}), "
+                             f"got {tuple(patches.shape)}")
+        x = self.input_bn(patches.unsqueeze(1)).squeeze(1)            # (B, T, 96) float32
+        batch, frames = x.shape[:2]
+        pad = max(max(b.time_padding) for b in self._front_blocks())
+        padded = F.pad(x, (0, 0, pad, pad)).to(torch.bfloat16)
+        mel_first = padded.transpose(1, 2).contiguous()               # (B, 96, T + 2 pad)
+        if mode == "int8":
+            # Asymmetric per-patch quantisation of the input: 255 steps over [min(x, 0), max(x, 0)].
+            lo, hi = x.amin(dim=(1, 2)).clamp_max(0.0), x.amax(dim=(1, 2)).clamp_min(0.0)
+            x_scale = (hi - lo).clamp_min(1e-8) / 255.0
+            zero_point = torch.round(-128.0 - lo / x_scale)
+            q = F.pad(torch.round(x / x_scale[:, None, None]) + zero_point[:, None, None], (0, 0, pad, pad))
+            q[:, :pad], q[:, q.shape[1] - pad:] = zero_point[:, None, None], zero_point[:, None, None]
+            quantised = q.clamp_(-128, 127).to(torch.int8)
+            quantised_mel_first = quantised.transpose(1, 2).contiguous()
+        parts = []
+        for name, block in zip(_FRONT_BLOCK_NAMES, self._front_blocks()):
+            timbral = block.conv.kernel_size[1] > 1
+            if mode == "int8" and name in _INT8_BLOCKS:
+                parts.append(block.pooled_int8(quantised if timbral else quantised_mel_first, pad, batch, frames,
+                                               x_scale, zero_point))
+            else:
+                parts.append(block.pooled_bf16(padded if timbral else mel_first, pad, batch, frames))
+        return self._mid_and_back(torch.cat(parts, dim=1)).penultimate
+
+    def _front_blocks(self):
+        return tuple(getattr(self, name) for name in _FRONT_BLOCK_NAMES)
 
 
 def load_musicnn(path: Union[str, Path] = DEFAULT_WEIGHTS) -> MusiCNN:
@@ -371,24 +576,36 @@ def window_patches(y: np.ndarray, sr: int) -> np.ndarray:
     return log_mel_patches(y, MUSICNN_SAMPLE_RATE)
 
 
-def patches_per_pass() -> int:
+def patches_per_pass(precision: str = "fp32") -> int:
     """How many patches to give the network per forward pass on CPU, for torch's thread count.
 
-    On one thread small passes win: they keep the timbral convolutions' output (9 MB per patch)
+    fp32, on one thread small passes win: they keep the timbral convolutions' output (9 MB per patch)
     in cache (measured 56-63 ms per patch at 1-2 patches per pass, 89-120 ms at 8 or more).
     With several threads each pass pays for synchronising them, and 8 or more patches per pass
     win (measured on 2 threads: 0.31 CPU s per patch at 2 per pass, 0.14-0.17 at 8-20).
+    The bf16 and int8 paths (matrix products) also win at 2 per pass on one thread (int8: 15.5 ms
+    per patch at 2, 16.5 at 1, 19.3 at 4 and 8; ``benchmarks/bench_precision.py``); on two threads
+    of a loaded machine the measurements were inconclusive (int8 56-80 ms at 2-8), and 8 is kept
+    for the fp32 reason (fewer synchronisations).
+
+    Parameters
+    ----------
+    precision : str
+        The precision the passes run in (:func:`resolve_precision` resolves ``"auto"``).
 
     Returns
     -------
     int
-        2 on one thread, 16 otherwise.
+        fp32: 2 on one thread, 16 otherwise; bf16 and int8: 2 on one thread, 8 otherwise.
     """
-    return 2 if torch.get_num_threads() == 1 else 16
+    one = torch.get_num_threads() == 1
+    if resolve_precision(precision) == "fp32":
+        return 2 if one else 16
+    return 2 if one else 8
 
 
 def window_embeddings(net: MusiCNN, windows: Sequence[np.ndarray], sr: int,
-                      batch_size: Optional[int] = None) -> np.ndarray:
+                      batch_size: Optional[int] = None, precision: str = "auto") -> np.ndarray:
     """musicnn embedding of each window: the mean penultimate layer over the window's patches.
 
     Each window is resampled to 16 kHz, repeated up to one patch if shorter (as musicnn's training
@@ -404,21 +621,27 @@ def window_embeddings(net: MusiCNN, windows: Sequence[np.ndarray], sr: int,
         Sample rate of the windows (any rate; 16 kHz skips resampling).
     batch_size : int
         Patches per forward pass; default :func:`patches_per_pass` (for CPU; on a GPU pass more).
+    precision : str
+        The network's precision (:meth:`MusiCNN.embed`): ``"auto"`` (the default) is the fastest
+        the CPU supports (:func:`resolve_precision`); ``"fp32"`` is exact and the same on every
+        CPU: use it for training inputs (cached embeddings) and wherever results must not depend
+        on the machine.
 
     Returns
     -------
     np.ndarray, shape (n_windows, 200), float32
     """
-    batch_size = patches_per_pass() if batch_size is None else batch_size
+    param = next(net.parameters())
+    precision = resolve_precision(precision, param.device)
+    batch_size = patches_per_pass(precision) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     per_window = [window_patches(w, sr) for w in windows]
     if not per_window:
         return np.zeros((0, EMBEDDING_SIZE), dtype=np.float32)
     patches = torch.from_numpy(np.concatenate(per_window))
-    param = next(net.parameters())
     with torch.inference_mode():
-        emb = torch.cat([net.embed(patches[i:i + batch_size].to(param.device, param.dtype)).float().cpu()
+        emb = torch.cat([net.embed(patches[i:i + batch_size].to(param.device, param.dtype), precision).float().cpu()
                          for i in range(0, len(patches), batch_size)])
     counts = torch.tensor([len(p) for p in per_window])
     owner = torch.repeat_interleave(torch.arange(len(per_window)), counts)
@@ -426,7 +649,7 @@ def window_embeddings(net: MusiCNN, windows: Sequence[np.ndarray], sr: int,
     return (sums / counts[:, None]).numpy().astype(np.float32)
 
 
-def window_embedding(net: MusiCNN, y: np.ndarray, sr: int) -> np.ndarray:
+def window_embedding(net: MusiCNN, y: np.ndarray, sr: int, precision: str = "auto") -> np.ndarray:
     """musicnn embedding of one window of audio: see :func:`window_embeddings`.
 
     Parameters
@@ -435,9 +658,11 @@ def window_embedding(net: MusiCNN, y: np.ndarray, sr: int) -> np.ndarray:
     y : np.ndarray, shape (n_samples,)
         Mono audio at any rate.
     sr : int
+    precision : str
+        As in :func:`window_embeddings`.
 
     Returns
     -------
     np.ndarray, shape (200,), float32
     """
-    return window_embeddings(net, [y], sr)[0]
+    return window_embeddings(net, [y], sr, precision=precision)[0]

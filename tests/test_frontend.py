@@ -88,7 +88,7 @@ def test_network_matches_musicnn_on_reference_patches(net, ref):
         np.testing.assert_allclose(getattr(out, key).numpy(), ref[key], rtol=0, atol=5e-5, err_msg=key)
     np.testing.assert_allclose(out.max_pool.numpy(), ref["max_pool"], rtol=1e-5, atol=5e-4, err_msg="max_pool")
     with torch.inference_mode():  # embed() is the penultimate layer (batch size changes rounding only)
-        np.testing.assert_allclose(net.embed(torch.from_numpy(ref["patches"][:2])).numpy(),
+        np.testing.assert_allclose(net.embed(torch.from_numpy(ref["patches"][:2]), "fp32").numpy(),
                                    out.penultimate[:2].numpy(), rtol=0, atol=1e-5)
 
 
@@ -165,13 +165,13 @@ def test_frozen_network_stays_in_eval_mode(net):
 def test_window_embedding_repeats_a_short_clip(net):
     sr = 22050
     clip = _tone(2.0, sr)
-    emb = window_embedding(net, clip, sr)
+    emb = window_embedding(net, clip, sr, precision="fp32")
     assert emb.shape == (EMBEDDING_SIZE,) and emb.dtype == np.float32 and np.isfinite(emb).all()
     # What it must equal: resample, repeat the clip up to one patch, one patch's penultimate layer.
     y16 = resample_audio(clip, sr, MUSICNN_SAMPLE_RATE)
     padded = np.tile(y16, 2)[:PATCH_SAMPLES]
     with torch.inference_mode():
-        expected = net.embed(torch.from_numpy(log_mel_patches(padded)))[0].numpy()
+        expected = net.embed(torch.from_numpy(log_mel_patches(padded)), "fp32")[0].numpy()
     np.testing.assert_allclose(emb, expected, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match=r"\(0,\)"):
         window_embedding(net, np.zeros(0, np.float32), sr)
@@ -179,16 +179,99 @@ def test_window_embedding_repeats_a_short_clip(net):
 
 def test_batched_window_embeddings_equal_one_at_a_time(net):
     windows = [_tone(2.5, MUSICNN_SAMPLE_RATE, 220.0), _tone(6.5, MUSICNN_SAMPLE_RATE, 880.0)]
-    batched = window_embeddings(net, windows, MUSICNN_SAMPLE_RATE, batch_size=2)
+    batched = window_embeddings(net, windows, MUSICNN_SAMPLE_RATE, batch_size=2, precision="fp32")
     assert batched.shape == (2, EMBEDDING_SIZE)
     for w, row in zip(windows, batched):
-        np.testing.assert_allclose(row, window_embedding(net, w, MUSICNN_SAMPLE_RATE), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(row, window_embedding(net, w, MUSICNN_SAMPLE_RATE, "fp32"), rtol=0, atol=1e-5)
     # The 6.5-s window has two patches: its embedding is their mean.
     with torch.inference_mode():
-        two = net.embed(torch.from_numpy(log_mel_patches(windows[1]))).numpy()
+        two = net.embed(torch.from_numpy(log_mel_patches(windows[1])), "fp32").numpy()
     assert two.shape[0] == 2
     np.testing.assert_allclose(batched[1], two.mean(0), rtol=0, atol=1e-5)
     assert window_embeddings(net, [], MUSICNN_SAMPLE_RATE).shape == (0, EMBEDDING_SIZE)
+
+
+# --------------------------------------------------------------------------------------------
+# Inference precision
+# --------------------------------------------------------------------------------------------
+
+#: Per-patch cosine to fp32 that the low-precision paths must hold (measured on the 40 reference
+#: patches: bf16 >= 0.99969, int8 >= 0.99941; benchmarks/bench_precision.py; tested on 20).
+MIN_COSINE = 0.999
+
+
+def _test_patches(ref_path=REFERENCE) -> np.ndarray:
+    """The 40 reference patches, or patches of three tones when the reference is absent."""
+    if ref_path.is_file():
+        return np.ascontiguousarray(np.load(ref_path)["patches"])
+    return np.concatenate([log_mel_patches(_tone(6.5, MUSICNN_SAMPLE_RATE, f)) for f in (110.0, 440.0, 1760.0)])
+
+
+@pytest.fixture(scope="module")
+def exact(net):
+    """Every other test patch (all three reference sources) and its fp32 embedding."""
+    patches = torch.from_numpy(np.ascontiguousarray(_test_patches()[::2]))
+    with torch.inference_mode():
+        return patches, torch.cat([net.embed(patches[i:i + 2], "fp32") for i in range(0, len(patches), 2)])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_low_precision_embeddings_agree_with_fp32(net, exact, precision):
+    patches, exact = exact
+    with torch.inference_mode():
+        # Batch size does not change a patch's result beyond rounding (per-patch quantisation).
+        fast = torch.cat([net.embed(patches[i:i + 3], precision) for i in range(0, len(patches), 3)])
+    cos = torch.nn.functional.cosine_similarity(fast, exact, dim=1)
+    assert fast.dtype == torch.float32 and cos.min() >= MIN_COSINE, (precision, float(cos.min()))
+
+
+def test_fp32_is_bit_identical_to_the_exact_network(net):
+    windows = [_tone(2.5, 22050, 220.0), _tone(6.5, 22050, 880.0)]
+    # Today's path, written out: every window's patches through forward(), 2 per pass, then means.
+    patches = [frontend.window_patches(w, 22050) for w in windows]
+    stacked = torch.from_numpy(np.concatenate(patches))
+    with torch.inference_mode():
+        emb = torch.cat([net(stacked[i:i + 2]).penultimate for i in range(0, len(stacked), 2)])
+        assert torch.equal(net.embed(stacked[:2], "fp32"), net(stacked[:2]).penultimate)
+    expected = np.stack([emb[:1].mean(0).numpy(), emb[1:].mean(0).numpy()])
+    got = window_embeddings(net, windows, 22050, batch_size=2, precision="fp32")
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_auto_precision_follows_the_cpu_flags(net, monkeypatch):
+    for flags, expected in ((set(), "fp32"), ({"avx512f"}, "fp32"), ({"avx512_bf16"}, "bf16"),
+                            ({"avx512_vnni", "avx512_bf16"}, "int8")):
+        monkeypatch.setattr(frontend, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert frontend.resolve_precision("auto") == expected, flags
+        assert frontend.resolve_precision("fp32") == "fp32"
+    assert frontend.resolve_precision("auto", "cuda") == "fp32"
+    with pytest.raises(ValueError, match="CPU only"):
+        frontend.resolve_precision("int8", "cuda")
+    with pytest.raises(ValueError, match="fp16"):
+        frontend.resolve_precision("fp16")
+    # Without the flags, the default path is the exact one.
+    monkeypatch.setattr(frontend, "cpu_flags", lambda: frozenset())
+    w = [_tone(3.5, MUSICNN_SAMPLE_RATE)]
+    np.testing.assert_array_equal(window_embeddings(net, w, MUSICNN_SAMPLE_RATE),
+                                  window_embeddings(net, w, MUSICNN_SAMPLE_RATE, precision="fp32"))
+
+
+def test_low_precision_needs_no_grad_and_follows_new_weights():
+    patches = torch.from_numpy(_test_patches()[:2])
+    trainable = load_musicnn()
+    trainable.frozen = False
+    # Gradients enabled (a training pass, frozen front end or not): the exact network runs.
+    assert torch.equal(trainable.embed(patches, "int8"), trainable(patches).penultimate)
+    assert torch.equal(trainable.requires_grad_(False).embed(patches), trainable(patches).penultimate)
+    other = load_musicnn()
+    with torch.no_grad():
+        before = other.embed(patches, "int8")
+        state = {k: v * 1.5 if k.startswith("timbral_74.conv") else v for k, v in other.state_dict().items()}
+        other.load_state_dict(state)
+        fresh = load_musicnn()
+        fresh.load_state_dict(state)
+        after = other.embed(patches, "int8")  # the cached int8 kernels were rebuilt
+        assert not torch.allclose(before, after) and torch.equal(after, fresh.embed(patches, "int8"))
 
 
 # --------------------------------------------------------------------------------------------
