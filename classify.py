@@ -284,6 +284,9 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"classify.py: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # opening the outputs on a full disk (the header, the lock)
+        print(f"classify.py: error: {exc.filename or v['out']}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
     c = model.config
     settings = Settings(sr=int(c.sampling_rate), clip_seconds=float(c.clip_seconds), top_k=args.top_k,

@@ -242,6 +242,26 @@ def test_classify_with_an_export_folder_exits_without_a_traceback(small_model, t
         assert len(data_rows(out)) == 6
 
 
+def test_the_worker_pool_is_joined_before_iter_extract_returns(tmp_path):
+    """The cause of the flaky EBADF: shutdown(wait=False) left the executor's manager thread tearing
+    down its pipes while the interpreter exited (and the executor's weakref callback wrote to them)."""
+    import multiprocessing
+    import threading
+
+    from workbench.batch import iter_extract
+
+    paths = [song(tmp_path, f"s{i}.wav", seconds=2.0, seed=i) for i in range(6)]
+    for stop_early in (False, True):
+        stream = iter_extract(paths, n_jobs=3, cache_dir=False)
+        for n, item in enumerate(stream):
+            assert item.error is None
+            if stop_early and n == 1:
+                stream.close()
+                break
+        assert multiprocessing.active_children() == []
+        assert not [t for t in threading.enumerate() if "ExecutorManager" in type(t).__name__]
+
+
 # -- row 14: the interrupted count is the rows added on disk ---------------------------------------------
 
 
@@ -404,3 +424,15 @@ def test_huge_samples_are_clipped_alike_through_a_file_and_an_array(small_model,
     for door in (lambda: small_model.predict_audio(str(path)), lambda: small_model.predict_audio(y, sampling_rate=SR)):
         with pytest.raises(AudioError, match="audio contains NaN or infinite samples"):
             door()
+
+
+def test_a_full_disk_while_opening_the_outputs_is_one_line(library, model_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "tags.csv"
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(tagging, "write_bytes", full)
+    code, cap = classify_run([library, "--model", model_dir, "--out", out], capsys)
+    assert code == 1 and cap.err.strip() == f"classify.py: error: {out}: No space left on device", cap.err
+    assert not (tmp_path / "tags.csv.lock").exists()
