@@ -2,7 +2,7 @@
 
     python app.py                                     # the model in runs/latest (python train.py writes it)
     python app.py --model runs/gtzan5 --port 7861     # a run folder, save_pretrained folder, export or .pt
-    python app.py --model you/music-genre-moe         # a Hub repo id (trust_remote_code)
+    python app.py --model you/music-genre-moe         # a Hub repo id (loaded with this project's classes)
     MUSIC_GENRE_MOE_MODEL=hub_export python app.py    # the same through the environment
     python app.py --write-space space/ --model you/music-genre-moe   # a Hugging Face Space folder
 
@@ -313,7 +313,7 @@ models:
 
 Upload or record a song: [{model_repo}](https://huggingface.co/{model_repo}) names its genre, shows the genre
 window by window across the song and which expert the gate trusted when, and can learn a new genre from a
-few recordings. The model loads with `trust_remote_code` from its repo; this Space holds only the app.
+few recordings. The model's weights and config come from its repo and load with the classes this Space carries: no downloaded code runs (set MUSIC_GENRE_MOE_TRUST_REMOTE_CODE=1 for a model of another type).
 """
 
 

@@ -92,6 +92,9 @@ def parse_args(argv=None):
                    help="run the model's own Python code (a model of another type); this project's run folders, "
                         "exports and Hub repos never need it")
     p.add_argument("--revision", help="Hub revision (commit, tag or branch) to pin a Hub model to")
+    p.add_argument("--frontend-precision", choices=("auto", "fp32", "bf16", "int8"),
+                   help="arithmetic of the musicnn front end (default: the model's config.frontend_precision, "
+                        "'auto': int8 on CPUs with AVX-512 VNNI and BF16, bf16 with BF16, else fp32); fp32 is exact")
     p.add_argument("--n-jobs", type=int, help="feature worker processes (default: every core)")
     p.add_argument("--chunk-size", type=int,
                    help="songs per feature job and per batched forward (default: 8 per worker; Ray: 8 per task)")
@@ -291,7 +294,8 @@ def main(argv=None) -> int:
     c = model.config
     settings = Settings(sr=int(c.sampling_rate), clip_seconds=float(c.clip_seconds), top_k=args.top_k,
                         batch_windows=args.batch_windows,
-                        want_windows=v["jsonl"] is not None or v["timeline"] is not None, cache_dir=v["cache"])
+                        want_windows=v["jsonl"] is not None or v["timeline"] is not None, cache_dir=v["cache"],
+                        frontend_precision=args.frontend_precision or getattr(c, "frontend_precision", "auto"))
     todo = [f for f in v["files"] if f not in skip]
     skipped = len(v["files"]) - len(todo)
     if skipped:

@@ -340,9 +340,10 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
                              f"got {tuple(log_mel.shape)}")
         b, p = log_mel.shape[:2]
         patches = log_mel.reshape(b * p, PATCH_FRAMES, MUSICNN_N_MELS)
-        step = patches_per_pass()  # small passes keep the convolutions' output in cache on CPU
+        precision = self.config.frontend_precision  # low precision only applies without gradients
+        step = patches_per_pass(precision)  # small passes keep the convolutions' output in cache on CPU
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_frontend):
-            emb = torch.cat([self.frontend.embed(patches[i:i + step]) for i in range(0, len(patches), step)])
+            emb = torch.cat([self.frontend.embed(patches[i:i + step], precision) for i in range(0, len(patches), step)])
         return emb.reshape(b, p, -1).mean(1)
 
     # -- normalisation --------------------------------------------------------------------------
@@ -645,7 +646,8 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
         c = self.config
         y = song_waveform(audio, sampling_rate, sr=c.sampling_rate)
         source = os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else "array"  # errors name the file
-        return song_inputs(y, c.sampling_rate, c.clip_seconds, self.frontend, source=source)
+        return song_inputs(y, c.sampling_rate, c.clip_seconds, self.frontend, source=source,
+                           frontend_precision=c.frontend_precision)
 
     # -- few-shot genres --------------------------------------------------------------------------
 

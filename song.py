@@ -106,7 +106,7 @@ def _load_bytes(data, sr):
 
 
 def song_inputs(y, sr=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, frontend=None, *, n_fft=N_FFT, hop_length=HOP_LENGTH,
-                source="array"):
+                source="array", frontend_precision="auto"):
     """The model inputs of every kept window of a song.
 
     The song is cut into `clip_seconds` windows (`features.extract_song`: silent windows are
@@ -126,6 +126,9 @@ def song_inputs(y, sr=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, frontend=None, *, 
     n_fft, hop_length : int
     source : str
         How errors name the song: its file's path, or "array".
+    frontend_precision : str
+        The front end's arithmetic (`frontend.resolve_precision`: "auto", "fp32", "bf16", "int8");
+        the model's `config.frontend_precision` at inference, "fp32" for training inputs.
 
     Returns
     -------
@@ -144,7 +147,8 @@ def song_inputs(y, sr=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, frontend=None, *, 
             from .frontend import window_embeddings
         except ImportError:
             from frontend import window_embeddings
-        feats = np.concatenate([feats, window_embeddings(frontend, song.audio, sr)], axis=1).astype(np.float32)
+        emb = window_embeddings(frontend, song.audio, sr, precision=frontend_precision)
+        feats = np.concatenate([feats, emb], axis=1).astype(np.float32)
     return SongInputs(feats, song.starts, len(y) / float(sr))
 
 

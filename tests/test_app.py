@@ -198,7 +198,10 @@ def test_model_sources_and_space_folder(run_dir, tmp_path, capsys, monkeypatch):
     out = app.write_space(tmp_path / "space", "someone/music-genre-moe")
     card = (out / "README.md").read_text()
     assert "sdk: gradio" in card and "app_file: app.py" in card
-    assert {"app.py", "plots.py", "requirements.txt", "examples"} <= {p.name for p in out.iterdir()}
+    assert {"app.py", "workbench", "requirements.txt", "examples"} <= {p.name for p in out.iterdir()}
+    # The Space loads models with this project's classes (no remote code): it carries what app.py imports.
+    assert {"plots.py", "runs.py", "__init__.py"} <= {p.name for p in (out / "workbench").iterdir()}
+    assert {"modeling.py", "song.py", "configuration.py", "decoding.py"} <= {p.name for p in out.iterdir()}
     assert "gradio" in (out / "requirements.txt").read_text()
     monkeypatch.delenv(app.ENV_VAR, raising=False)
     monkeypatch.setattr(app, "HERE", out)  # app.py as the Space runs it: the card names the model
@@ -209,7 +212,8 @@ def test_model_sources_and_space_folder(run_dir, tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow  # a fresh interpreter importing torch and transformers
 def test_space_folder_runs_without_the_project(run_dir, tmp_path):
-    """The Space holds only the app: the model and its code come from the model's own folder (trust_remote_code)."""
+    """The Space holds the app and the code it imports: a model of this project loads with those classes
+    (no remote code runs); its weights and config come from the model's folder or repo."""
     space = app.write_space(tmp_path / "space", "someone/music-genre-moe")
     code = ("import app; m = app.load_model(app.default_model_source()); print(type(m).__module__); "
             "print(app.genres_of(m), app.few_shot_support(m), app.example_files() != [])")
@@ -217,5 +221,5 @@ def test_space_folder_runs_without_the_project(run_dir, tmp_path):
            "HF_MODULES_CACHE": str(tmp_path / "modules")}
     r = subprocess.run([sys.executable, "-c", code], cwd=space, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.startswith("transformers_modules"), r.stdout  # the model's own code, not this project's
+    assert r.stdout.startswith("modeling"), r.stdout  # the Space's own copy of the classes, no downloaded code
     assert r.stdout.splitlines()[1] == f"{app.genres_of(app.load_model(run_dir))} (True, '') True", r.stdout

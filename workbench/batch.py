@@ -283,7 +283,7 @@ def _cache_store(path: Path, song: SongInputs) -> None:
 #: it) or by the pool initializer under spawn; never pickled per task. "frontend": the front-end
 #: network or None; "job": (settings, cache root, width) of the running extraction. A new
 #: per-worker object (a model, a second front end) goes here, loaded lazily on first use.
-_WORKER_STATE: Dict[str, object] = {"frontend": None, "job": None}
+_WORKER_STATE: Dict[str, object] = {"frontend": None, "job": None, "precision": "fp32"}
 
 
 def _extract_source(source: Source, sr: int, clip_seconds: Optional[float], n_fft: int,
@@ -297,12 +297,13 @@ def _extract_source(source: Source, sr: int, clip_seconds: Optional[float], n_ff
     net = _WORKER_STATE["frontend"]
     try:
         if clip_seconds is not None:
-            return song_inputs(y, sr, clip_seconds, net, n_fft=n_fft, hop_length=hop_length)
+            return song_inputs(y, sr, clip_seconds, net, n_fft=n_fft, hop_length=hop_length,
+                               frontend_precision=_WORKER_STATE["precision"])
         feats = extract_features(y, sr, n_fft=n_fft, hop_length=hop_length)[None, :]
         if net is not None:
             from frontend import window_embeddings
 
-            feats = np.concatenate([feats, window_embeddings(net, [y], sr)], axis=1)
+            feats = np.concatenate([feats, window_embeddings(net, [y], sr, precision=_WORKER_STATE["precision"])], axis=1)
         return SongInputs(feats.astype(np.float32), np.zeros(1, np.int64), len(y) / float(sr))
     except AudioError as exc:
         msg = str(exc)
@@ -443,7 +444,8 @@ class Extracted(NamedTuple):
 
 def iter_extract(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_seconds: Optional[float] = None,
                  n_jobs: Optional[int] = None, cache_dir: Union[None, bool, PathLike] = None,
-                 n_fft: int = N_FFT, hop_length: int = HOP_LENGTH, frontend=None) -> Iterator[Extracted]:
+                 n_fft: int = N_FFT, hop_length: int = HOP_LENGTH, frontend=None,
+                 frontend_precision: str = "fp32") -> Iterator[Extracted]:
     """Features of many files or clips, streamed in completion order, one :class:`Extracted` each.
 
     Parameters are those of :func:`extract_many` (no progress bar here: the caller counts).
@@ -452,17 +454,19 @@ def iter_extract(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_secon
     """
     for index, song, error, _hit in _iter_results(
             sources, sr=sr, clip_seconds=clip_seconds, n_jobs=n_jobs, cache_dir=cache_dir, n_fft=n_fft,
-            hop_length=hop_length, frontend=frontend):
+            hop_length=hop_length, frontend=frontend, frontend_precision=frontend_precision):
         yield Extracted(index, song, error)
 
 
 def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_dir, n_fft, hop_length,
-                  frontend, n_sources: Optional[int] = None):
+                  frontend, frontend_precision="fp32", n_sources: Optional[int] = None):
     """iter_extract's engine: yields (index, SongInputs or None, error or None, cache_hit)."""
     _require_audio_deps("extract_many")
     net = resolve_frontend(frontend)
     width = N_FEATURES + (0 if net is None else EMBEDDING_SIZE)
-    settings = cache_settings(sr, clip_seconds, n_fft, hop_length, None if net is None else frontend_key(net))
+    # The precision joins the key: embeddings of another arithmetic are never reused.
+    settings = cache_settings(sr, clip_seconds, n_fft, hop_length,
+                              None if net is None else f"{frontend_key(net)}:{frontend_precision}")
     if cache_dir is False:
         cache_root = None
     else:
@@ -477,7 +481,7 @@ def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_
     tasks = ((i, src, _describe(src, i)) for i, src in enumerate(sources))
 
     saved = dict(_WORKER_STATE)
-    _WORKER_STATE.update(frontend=net, job=(settings, cache_root, width))  # inherited by forked workers
+    _WORKER_STATE.update(frontend=net, job=(settings, cache_root, width), precision=frontend_precision)  # forked workers inherit it
     try:
         if workers == 1:
             # One BLAS thread here too: the products are small, and idle OpenBLAS threads spinning
@@ -488,7 +492,8 @@ def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_
             return
         _warm_up(sr, n_fft, hop_length)
         ctx = _pool_context()
-        state = None if ctx.get_start_method() == "fork" else {"frontend": net, "job": _WORKER_STATE["job"]}
+        state = None if ctx.get_start_method() == "fork" else {"frontend": net, "job": _WORKER_STATE["job"],
+                                                               "precision": frontend_precision}
         # This process is one of the ``workers``: it computes sources itself while the others run
         # in ``workers - 1`` child processes. One fork fewer per batch (forking a process that
         # holds librosa costs 10-200 ms, more on a busy machine), and the parent's core is not
@@ -541,7 +546,7 @@ def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_
 def extract_many(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_seconds: Optional[float] = None,
                  n_jobs: Optional[int] = None, cache_dir: Union[None, bool, PathLike] = None,
                  progress: Optional[bool] = None, n_fft: int = N_FFT,
-                 hop_length: int = HOP_LENGTH, frontend=None) -> ExtractionResult:
+                 hop_length: int = HOP_LENGTH, frontend=None, frontend_precision: str = "fp32") -> ExtractionResult:
     """Features of many files or clips, in worker processes, with an on-disk cache.
 
     Parameters
@@ -567,6 +572,9 @@ def extract_many(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_secon
         With a front end each window's row also holds its 200-d embedding (the window features,
         then the embedding: a model's ``input_size`` row), computed in the workers with one torch
         thread each (see :func:`resolve_frontend`; pass ``model.frontend`` to use a trained model's).
+    frontend_precision : str
+        The front end's arithmetic (`frontend.resolve_precision`): "fp32" (default: training inputs
+        must not depend on the CPU) or the model's ``config.frontend_precision`` when tagging.
 
     Returns
     -------
@@ -584,7 +592,7 @@ def extract_many(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_secon
     try:
         for index, song, error, hit in _iter_results(
                 sources, sr=sr, clip_seconds=clip_seconds, n_jobs=n_jobs, cache_dir=cache_dir, n_fft=n_fft,
-                hop_length=hop_length, frontend=frontend):
+                hop_length=hop_length, frontend=frontend, frontend_precision=frontend_precision):
             if error is None:
                 results[index] = song
                 hits += bool(hit)

@@ -109,6 +109,7 @@ class Settings:
     batch_windows: int = 4096      # windows per forward pass
     want_windows: bool = False     # per-window results (for --jsonl / --timeline-dir)
     cache_dir: object = False      # the batch cache: False (off), None (default) or a folder
+    frontend_precision: str = "auto"  # the model's config.frontend_precision (frontend.resolve_precision)
 
 
 @dataclass
@@ -181,7 +182,8 @@ def extract_chunk(paths: Sequence[str], settings: Settings, n_jobs: Optional[int
 
     songs, failures = [], []
     for item in sorted(iter_extract(list(paths), sr=settings.sr, clip_seconds=settings.clip_seconds, n_jobs=n_jobs,
-                                    cache_dir=settings.cache_dir, frontend=frontend), key=lambda e: e.index):
+                                    cache_dir=settings.cache_dir, frontend=frontend,
+                                    frontend_precision=settings.frontend_precision), key=lambda e: e.index):
         path = str(paths[item.index])
         if item.error is None:
             songs.append(Song(path, item.song))
@@ -598,7 +600,8 @@ def run_local(model, todo: Sequence[str], settings: Settings, outputs: Outputs, 
         failures.clear()
 
     stream = iter_extract(todo, sr=settings.sr, clip_seconds=settings.clip_seconds, n_jobs=n_jobs,
-                          cache_dir=settings.cache_dir, frontend=model_frontend(model))
+                          cache_dir=settings.cache_dir, frontend=model_frontend(model),
+                          frontend_precision=settings.frontend_precision)
     for item in stream:
         path = todo[item.index]
         if item.error is not None:
