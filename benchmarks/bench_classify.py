@@ -13,6 +13,9 @@ Usage::
     python benchmarks/bench_classify.py --n 40          # quicker
     python benchmarks/bench_classify.py --model runs/latest --n-jobs 2
     python benchmarks/bench_classify.py --baseline-sample 50   # predict_audio timed on 50 of the songs
+    python benchmarks/bench_classify.py --frontend musicnn --n 100 --precisions fp32,auto --baseline-sample 10
+                                                        # a musicnn model: classify.py with the fp32 front end
+                                                        # (the reference) and with 'auto' (int8 here), same songs
 """
 
 from __future__ import annotations
@@ -63,8 +66,9 @@ def song_library(n: int, folder: Path):
     return paths, label
 
 
-def benchmark_model(paths, folder: Path, model_spec=None):
-    """(model, spec for classify): the given model, or an untrained one with stats from 5 songs."""
+def benchmark_model(paths, folder: Path, model_spec=None, frontend="none"):
+    """(model, spec for classify): the given model, or an untrained one with stats from 5 songs
+    (with the musicnn front end, its pretrained weights: the cost of a model trained on recordings)."""
     if model_spec:
         return classify.load_model(model_spec), model_spec
     import torch
@@ -73,14 +77,19 @@ def benchmark_model(paths, folder: Path, model_spec=None):
     from configuration import MusicGenreMoEConfig
     from modeling import MusicGenreMoE
 
-    feats = np.concatenate(extract_many(paths[:5], clip_seconds=5.0, n_jobs=1, cache_dir=False).features)
+    feats = np.concatenate(extract_many(paths[:5], clip_seconds=6.0 if frontend != "none" else 5.0, n_jobs=1,
+                                        cache_dir=False, frontend=frontend).features)
     genres = ["jazz", "blues", "rock", "pop", "classical"]
     torch.manual_seed(0)
     config = MusicGenreMoEConfig(id2label=dict(enumerate(genres)), label2id={g: i for i, g in enumerate(genres)},
                                  feature_mean=[float(v) for v in feats.mean(0)],
-                                 feature_std=[float(v) for v in feats.std(0) + 1e-3])
+                                 feature_std=[float(v) for v in feats.std(0) + 1e-3], frontend=frontend,
+                                 clip_seconds=6.0 if frontend != "none" else 5.0)
     out = folder / "model"
-    MusicGenreMoE(config).save_pretrained(out)
+    model = MusicGenreMoE(config)
+    if frontend != "none":
+        model.load_pretrained_frontend()
+    model.save_pretrained(out)
     return classify.load_model(str(out)), str(out)
 
 
@@ -116,6 +125,11 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=200, help="songs (default 200)")
     ap.add_argument("--model", help="model for classify.py --model (default: an untrained model; speed is the same)")
     ap.add_argument("--n-jobs", type=int, help="classify.py --n-jobs (default: every core)")
+    ap.add_argument("--frontend", choices=("none", "musicnn"), default="none",
+                    help="the untrained model's front end (default none; musicnn: a model trained on recordings)")
+    ap.add_argument("--precisions", default="",
+                    help="comma-separated --frontend-precision values to time classify.py with, the first the "
+                         "reference (e.g. fp32,auto); default: the model's own")
     ap.add_argument("--baseline-sample", type=int,
                     help="time predict_audio on this many of the songs and scale to N (default: all N)")
     args = ap.parse_args(argv)
@@ -125,7 +139,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         (tmp / "songs").mkdir()
         paths, label = song_library(args.n, tmp / "songs")
-        model, spec = benchmark_model(paths, tmp, args.model)
+        model, spec = benchmark_model(paths, tmp, args.model, args.frontend)
         print(f"{args.n} songs: {label}; {tagging.available_cpus()} CPUs; model {args.model or 'untrained (same cost)'}")
         model.predict_audio(paths[0])  # warm-up: lazy imports and filter banks, for both methods
 
@@ -140,12 +154,23 @@ def main(argv=None) -> int:
         b1_wall, b1_cpu = time_predict_audio(model, base)
         torch.set_num_threads(threads)
         extra = ["--n-jobs", str(args.n_jobs)] if args.n_jobs else []
-        c_wall, c_cpu = time_classify(paths, spec, tmp / "predictions.csv", extra)
+        precisions = [v for v in args.precisions.split(",") if v] or [None]
+        timed = {}
+        for prec in precisions:
+            flag = ["--frontend-precision", prec] if prec else []
+            timed[prec] = time_classify(paths, spec, tmp / f"predictions-{prec}.csv", extra + flag)
+        c_wall, c_cpu = timed[precisions[-1]]
 
     rows = [(f"model.predict_audio, song by song ({len(base)} timed)", len(base), b_wall, b_cpu),
-            ("  the same, torch.set_num_threads(1)", len(base), b1_wall, b1_cpu),
-            (f"classify.py (pool of {args.n_jobs or tagging.available_cpus()}, batched)", args.n, c_wall, c_cpu)]
+            ("  the same, torch.set_num_threads(1)", len(base), b1_wall, b1_cpu)]
+    rows += [(f"classify.py (pool of {args.n_jobs or tagging.available_cpus()}, batched)"
+              + (f", front end {prec}" if prec else ""), args.n, w, c) for prec, (w, c) in timed.items()]
     report(rows)
+    if len(precisions) > 1:
+        ref_wall = timed[precisions[0]][0]
+        for prec in precisions[1:]:
+            print(f"classify.py with the front end in {prec}: {ref_wall / timed[prec][0]:.2f}x the songs per minute "
+                  f"of {precisions[0]} on the same {args.n} songs")
     speed = (args.n / c_wall) / (len(base) / b_wall)
     cpu = (c_cpu / args.n) / (b_cpu / len(base))
     print(f"\nclassify.py: {speed:.2f}x the songs per minute of predict_audio song by song; "
