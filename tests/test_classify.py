@@ -139,7 +139,7 @@ def test_one_row_per_readable_song_matching_predict_audio(reference, library, mo
     rows = read_rows(reference / "p.csv")
     assert sorted(r["path"] for r in rows) == good_paths(library)
     assert list(rows[0]) == (["path", "genre", "confidence", "top1", "top1_prob", "top2", "top2_prob", "top3",
-                              "top3_prob", "duration_s", "num_windows"] + [f"gate_{g}" for g in GENRES])
+                              "top3_prob", "duration_s", "num_windows", "known", "novelty", "tags"] + [f"gate_{g}" for g in GENRES])
     for r in rows:
         ref = model.predict_audio(r["path"])
         assert r["genre"] == ref["predicted_genre"]
