@@ -105,14 +105,10 @@ def artist_weights(labels: Sequence, groups: Sequence) -> np.ndarray:
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> Tuple[float, float]:
-    """95% Wilson score interval of k successes in n."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (c - h, c + h)
+    """95% Wilson score interval of k successes in n (`workbench.evaluation.wilson_interval`)."""
+    from workbench.evaluation import wilson_interval
+
+    return wilson_interval(k, n, z)
 
 
 if __name__ == "__main__":  # a summary of the groups and one seed's folds

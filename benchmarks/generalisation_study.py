@@ -641,6 +641,31 @@ def ncm_fit_predict(st, rep, z, metric, weighting, tr, te, labels):
     return classes[S.argmax(1)]
 
 
+def protocol_result(st, proto, seeds, g, allidx, known, fit_predict):
+    """One method's result on a protocol: P2 trains on GTZAN (`g`) and tests emotify's known genres;
+    P1 (GTZAN) and P3 (everything) are artist 5-fold CV per seed, pooled, with per-collection accuracy.
+    `fit_predict(train_idx, test_idx)` returns the test recordings' predicted genres."""
+    if proto == "P2":
+        pred = fit_predict(g, known)
+        return result(pred, st.genre[known], {"per_seed_correct": [int((pred == st.genre[known]).sum())],
+                                              "per_seed_n": len(known)})
+    idx = g if proto == "P1" else allidx
+    preds, truths, colls, per = [], [], [], []
+    for seed in seeds:
+        ks = 0
+        for tr, te in af.artist_kfold(st.genre[idx], st.groups[idx], k=5, seed=seed):
+            tr, te = idx[tr], idx[te]
+            p_ = fit_predict(tr, te)
+            preds.append(p_); truths.append(st.genre[te]); colls.append(st.coll[te])
+            ks += int((p_ == st.genre[te]).sum())
+        per.append(ks)
+    pred, truth, coll = map(np.concatenate, (preds, truths, colls))
+    extra = {"per_seed_correct": per, "per_seed_n": len(idx)}
+    for c in np.unique(coll):
+        extra[f"acc_{c}"] = result(pred[coll == c], truth[coll == c])
+    return result(pred, truth, extra)
+
+
 def cmd_ncm(args):
     st = Store()
     g, allidx, known = idx_gtzan(st), np.arange(len(st.recs)), idx_emotify_known(st)
@@ -650,26 +675,8 @@ def cmd_ncm(args):
             for metric in ("cosine", "euclidean"):
                 for weighting in ("none", "artist"):
                     for proto in args.protocols:
-                        if proto == "P2":
-                            pred = ncm_fit_predict(st, rep, z, metric, weighting, g, known, st.genre)
-                            r = result(pred, st.genre[known], {"per_seed_correct": [int((pred == st.genre[known]).sum())],
-                                                               "per_seed_n": len(known)})
-                        else:
-                            idx = g if proto == "P1" else allidx
-                            preds, truths, colls, per = [], [], [], []
-                            for seed in args.seeds:
-                                ks = 0
-                                for tr, te in af.artist_kfold(st.genre[idx], st.groups[idx], k=5, seed=seed):
-                                    tr, te = idx[tr], idx[te]
-                                    p_ = ncm_fit_predict(st, rep, z, metric, weighting, tr, te, st.genre)
-                                    preds.append(p_); truths.append(st.genre[te]); colls.append(st.coll[te])
-                                    ks += int((p_ == st.genre[te]).sum())
-                                per.append(ks)
-                            pred, truth, coll = map(np.concatenate, (preds, truths, colls))
-                            extra = {"per_seed_correct": per, "per_seed_n": len(idx)}
-                            for c in np.unique(coll):
-                                extra[f"acc_{c}"] = result(pred[coll == c], truth[coll == c])
-                            r = result(pred, truth, extra)
+                        r = protocol_result(st, proto, args.seeds, g, allidx, known,
+                                            lambda tr, te: ncm_fit_predict(st, rep, z, metric, weighting, tr, te, st.genre))
                         r.update(rep=rep, zscore=z, metric=metric, weighting=weighting, protocol=proto,
                                  command=f"generalisation_study.py ncm --protocols {proto} --seeds "
                                          + " ".join(map(str, args.seeds)))
@@ -866,26 +873,8 @@ def cmd_lda(args):
     for rep in ["pen", "tags", "pen+tags", "hc+pen", "hc+pen+tags"]:
         for weighting in ("none", "artist"):
             for proto in args.protocols:
-                if proto == "P2":
-                    pred = lda_fit_predict(st, rep, weighting, g, known, st.genre)
-                    r = result(pred, st.genre[known], {"per_seed_correct": [int((pred == st.genre[known]).sum())],
-                                                       "per_seed_n": len(known)})
-                else:
-                    idx = g if proto == "P1" else allidx
-                    preds, truths, colls, per = [], [], [], []
-                    for seed in args.seeds:
-                        ks = 0
-                        for tr, te in af.artist_kfold(st.genre[idx], st.groups[idx], k=5, seed=seed):
-                            tr, te = idx[tr], idx[te]
-                            p_ = lda_fit_predict(st, rep, weighting, tr, te, st.genre)
-                            preds.append(p_); truths.append(st.genre[te]); colls.append(st.coll[te])
-                            ks += int((p_ == st.genre[te]).sum())
-                        per.append(ks)
-                    pred, truth, coll = map(np.concatenate, (preds, truths, colls))
-                    extra = {"per_seed_correct": per, "per_seed_n": len(idx)}
-                    for c in np.unique(coll):
-                        extra[f"acc_{c}"] = result(pred[coll == c], truth[coll == c])
-                    r = result(pred, truth, extra)
+                r = protocol_result(st, proto, args.seeds, g, allidx, known,
+                                    lambda tr, te: lda_fit_predict(st, rep, weighting, tr, te, st.genre))
                 r.update(rep=rep, weighting=weighting, protocol=proto,
                          command=f"generalisation_study.py lda --protocols {proto} --seeds " + " ".join(map(str, args.seeds)))
                 print(f"LDA {proto} {rep:12s} {weighting:7s} {r['acc']:.3f} {r['k']}/{r['n']} per-seed {r['per_seed_correct']}"
