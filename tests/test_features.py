@@ -416,9 +416,13 @@ def test_frontend_embeddings_join_the_features_and_key_the_cache(tmp_path):
     assert res.cache_hits == 0 and res.features[0].shape == (2, F.N_FEATURES + frontend.EMBEDDING_SIZE)
     np.testing.assert_array_equal(res.features[0][:, :F.N_FEATURES], plain.features[0])
     windows = F.extract_song(song, SR, 3.0).audio
-    np.testing.assert_allclose(res.features[0][:, F.N_FEATURES:], frontend.window_embeddings(net, windows, SR),
-                               atol=1e-6)
+    # Training inputs are exact: the batch path runs the front end in fp32 unless told otherwise.
+    np.testing.assert_allclose(res.features[0][:, F.N_FEATURES:],
+                               frontend.window_embeddings(net, windows, SR, precision="fp32"), atol=1e-6)
     assert B.extract_many([song], clip_seconds=3.0, n_jobs=1, cache_dir=tmp_path, frontend=net).cache_hits == 1
+    other = B.extract_many([song], clip_seconds=3.0, n_jobs=1, cache_dir=tmp_path, frontend=net,
+                           frontend_precision="bf16")
+    assert other.cache_hits == 0  # another arithmetic: another cache key
     with torch.no_grad():  # other weights: another cache key
         next(net.parameters()).add_(0.01)
     assert B.extract_many([song], clip_seconds=3.0, n_jobs=1, cache_dir=tmp_path, frontend=net).cache_hits == 0

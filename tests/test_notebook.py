@@ -132,9 +132,13 @@ def fake_snapshot_download(repo_id, allow_patterns, local_dir):
     # The Hub repo is the export folder: copy what snapshot_download would fetch.
     calls.append(repo_id)
     Path(local_dir).mkdir(parents=True, exist_ok=True)
-    for f in hub_repo.iterdir():
-        if f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
-            shutil.copy2(f, Path(local_dir) / f.name)
+    # huggingface_hub filters the repo's relative paths with fnmatch, whose * also matches "/":
+    # "*.py" fetches workbench/*.py too.
+    for f in hub_repo.rglob("*"):
+        rel = f.relative_to(hub_repo).as_posix()
+        if f.is_file() and any(fnmatch.fnmatch(rel, p) for p in allow_patterns):
+            (Path(local_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, Path(local_dir) / rel)
     return str(local_dir)
 
 def no_pip(*args, **kwargs):
