@@ -41,21 +41,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
-import inspect
 import io
-import json
 import logging
 import os
 import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import Optional
 
 from workbench.runs import ModelSpecError, load_model as load_model_spec, resolve_model_spec
 from workbench.tagging import (AUDIO_EXTENSIONS, OutputError, Outputs, RayJobError, Settings, UsageError, available_cpus,

@@ -66,7 +66,7 @@ from frontend import EMBEDDING_SIZE
 from song import SongInputs, song_inputs
 from workbench.atomic_files import replacing
 from features import (HOP_LENGTH, HR_FREQ_BANDS, HR_TIME_POOL, FEATURE_VERSION, MIN_SECONDS, N_FEATURES, N_FFT,
-                      SAMPLE_RATE, AudioError, PathLike, _require_audio_deps, extract_features, extract_song,
+                      SAMPLE_RATE, AudioError, PathLike, _require_audio_deps, extract_features,
                       librosa, load_audio)
 
 try:

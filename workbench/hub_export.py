@@ -6,12 +6,11 @@ upload_to_hub.py is the command; train.py writes every run's `hf_model/` with `w
 import json
 import math
 import os
-import re
 import shutil
 from pathlib import Path
 
 from modeling import AUTO_MAP, CHECKPOINT_NAME, CUSTOM_PIPELINES, EXPORT_DIR_NAME, model_code_files
-from workbench.atomic_files import clean_stale_partials, move_into_place, partial_folder, replacing, unusable_output, write_text
+from workbench.atomic_files import clean_stale_partials, move_into_place, partial_folder, unusable_output, write_text
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: the files that ship sit at its top
 EXPORT_KIND = "out"  # exports are built in .out-partial-<name>-<pid>-<random> beside --output-dir

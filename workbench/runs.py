@@ -349,10 +349,3 @@ def write_figures(out, model, data, inputs, history, best_epoch, metrics, test, 
     centres, acc, counts = evaluation.reliability_curve(y, probs)
     _, acc_t, _ = evaluation.reliability_curve(y, evaluation.softmax(logits, cal["temperature"]))
     plots.reliability_diagram(centres, acc, counts, acc_t, cal["temperature"], out / "calibration.png")
-
-
-if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (OSError, ValueError) as e:  # expected failures: one line, no traceback
-        sys.exit(f"error: {e}")
