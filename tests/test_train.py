@@ -164,3 +164,43 @@ def test_flags_given_always_win_and_abbreviations_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_settings(data + ["--clip-sec", "5"])  # an abbreviation is an error, never a silent default
     assert "--clip-sec" in capsys.readouterr().err
+
+
+def test_split_by_artist_keeps_every_artist_on_one_side_and_big_artists_in_training():
+    labels = np.repeat([0, 1], 30)
+    groups = np.array(["prolific"] * 20 + [f"a{i}" for i in range(10)] + ["b"] * 20 + [f"c{i}" for i in range(10)])
+    tr, va, te = split_tracks(labels, [120, 30, 30], 0, groups)
+    assert not (set(groups[tr]) & set(groups[te]) or set(groups[tr]) & set(groups[va]) or set(groups[va]) & set(groups[te]))
+    assert {"prolific", "b"} <= set(groups[tr])  # a big artist never swallows a test split
+    assert len(te) == 10 and len(va) == 10 and len(tr) == 40
+
+
+def test_artist_weighted_centroids_count_every_artist_once():
+    from prototypes import artist_weighted_prototypes
+
+    v1, v2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    emb = torch.stack([v1, v1, v1, v2])            # artist x: three songs, artist y: one
+    protos = artist_weighted_prototypes(emb, [0, 0, 0, 0], 1, songs=[0, 1, 2, 3], artists=["x", "x", "x", "y"])
+    torch.testing.assert_close(protos[0], torch.tensor([0.5, 0.5]))  # not the row mean (0.75, 0.25)
+
+
+def test_novelty_threshold_is_out_of_fold_and_leaves_the_centroids():
+    from configuration import MusicGenreMoEConfig
+    from modeling import MusicGenreMoE
+    from workbench.training import NOVELTY_PERCENTILE, novelty_threshold
+
+    torch.manual_seed(0)
+    model = MusicGenreMoE(MusicGenreMoEConfig(id2label={0: "a", 1: "b"}, label2id={"a": 0, "b": 1})).eval()
+    model.set_feature_stats(np.zeros(59), np.ones(59))
+    rng = np.random.default_rng(0)
+    centre = {0: rng.normal(size=59), 1: rng.normal(size=59)}
+    labels = np.repeat([0, 1], 20)
+    x = torch.tensor(np.stack([centre[l] + 0.3 * rng.normal(size=59) for l in labels]), dtype=torch.float32)
+    tracks, artists = np.arange(40), np.arange(40) // 2
+    model.set_genre_centroids(x, labels, (tracks, artists))
+    before = dict(model.config.genre_centroids)
+    threshold = novelty_threshold(model, x, labels, tracks, artists)
+    assert model.config.genre_centroids == before
+    # Out of fold, so above the in-sample novelty of most songs, and a percentile of real scores.
+    in_sample = [model.genre_results(model.window_outputs(x[i:i + 1]).mean())[0]["novelty"] for i in range(40)]
+    assert 0 < threshold < 1 and threshold >= np.percentile(in_sample, NOVELTY_PERCENTILE) - 1e-6

@@ -334,25 +334,29 @@ def split_tracks(track_labels, proportions, seed, groups=None):
 
 
 def _split_groups(track_labels, groups, w, rng):
-    """split_tracks by whole artist groups (see there)."""
+    """split_tracks by whole artist groups (see there).
+
+    Within a genre the artists are dealt from the smallest to the largest (ties in a seeded random
+    order) to test, then validation, until each holds its share of the genre's tracks; the rest,
+    the largest artists among them, train. So one prolific artist (GTZAN's Bob Marley, Britney
+    Spears) does not swallow a test split, and training keeps at least one artist of every genre.
+    """
     names = np.unique(groups)
     genre_of = {a: np.bincount(track_labels[groups == a]).argmax() for a in names}
+    size = {a: int((groups == a).sum()) for a in names}
     parts = ([], [], [])
     for g in np.unique(track_labels):
         artists = [a for a in names if genre_of[a] == g]
-        artists = [artists[i] for i in rng.permutation(len(artists))]
-        n = int(sum((groups == a).sum() for a in artists))
-        want = {0: float("inf"), 1: max(round(n * w[1]), int(w[1] > 0)), 2: max(round(n * w[2]), int(w[2] > 0))}
-        have = {0: 0, 1: 0, 2: 0}
+        artists = sorted((artists[i] for i in rng.permutation(len(artists))), key=lambda a: size[a])
+        n = sum(size[a] for a in artists)
+        want = {2: max(round(n * w[2]), int(w[2] > 0)), 1: max(round(n * w[1]), int(w[1] > 0))}
+        have = {1: 0, 2: 0}
         for k, a in enumerate(artists):
-            left = len(artists) - k
-            if have[0] == 0 and left <= 1:
-                part = 0  # training never goes without an artist of the genre
-            else:
-                part = next(p for p in (2, 1, 0) if have[p] < want[p])
-            tracks = np.flatnonzero(groups == a)
-            parts[part].extend(tracks)
-            have[part] += len(tracks)
+            last = k == len(artists) - 1
+            part = 0 if last else next((p for p in (2, 1) if have[p] < want[p]), 0)
+            parts[part].extend(np.flatnonzero(groups == a))
+            if part:
+                have[part] += size[a]
     return tuple(np.sort(np.asarray(p, dtype=int)) for p in parts)
 
 
