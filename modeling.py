@@ -8,6 +8,11 @@ Reads top-down: feature checks and normalisation, the blocks (shared encoder, `G
         -> experts: E x (batch, 32)      gate: (batch, E) softmax weights
         -> fused = sum_i gate_i * expert_i   (batch, 32)   (the genre embedding)
         -> classifier head -> logits (batch, num_genres)
+
+A song's verdict (`song.song_verdict`) averages its windows' outputs (`window_outputs`) and names
+the genre by `config.decision`: the head above, or the nearest artist-weighted genre centroid of
+the song's mean z-scored input (`set_genre_centroids`; the default for recordings, chosen on
+artist-grouped folds), which also gives its `novelty` ("none of these").
 """
 
 import os
