@@ -286,9 +286,13 @@ def meaning_section(metrics):
             body += (" This run is a quick run (`train.py --quick`: few clips, few epochs), made for smoke "
                      "tests; its figures are not a result.")
     else:
+        by_artist = "artist" in str(metrics["dataset"].get("split", ""))
+        unit = ("by artist, so that the test recordings are by artists the training never heard"
+                if by_artist else "by recording so that no window of a test recording was seen in training "
+                "(artists may sit on both sides: optimistic)")
         body = (
-            f"These figures come from real recordings in `{metrics['dataset']['name']}`, split by recording "
-            f"so that no window of a test recording was seen in training. {h['n']} test {h['unit']} give the "
+            f"These figures come from real recordings in `{metrics['dataset']['name']}`, split {unit}. "
+            f"{h['n']} test {h['unit']} give the "
             "interval above; recordings from other sources, genres outside the trained ones and mixed-genre "
             "tracks will do worse.")
     return "## What these numbers mean\n\n" + body
@@ -447,6 +451,22 @@ def figures_section(figures):
     return ("## Figures\n\n" + "\n\n".join(lines) + "\n") if lines else ""
 
 
+def _inputs_text(config):
+    if config.frontend == "none":
+        return "the 59 audio features"
+    return f"the 59 audio features and the {config.frontend} front end's {config.frontend_size}-d embedding"
+
+
+def _decision_text(config):
+    decision = getattr(config, "decision", "classifier")
+    if decision == "centroids":
+        return ("; a song's genre is its nearest artist-weighted genre centroid (cosine), which also says when "
+                "a song is unlike every trained genre (`known`, `novelty`)")
+    if decision == "blend":
+        return "; a song's genre is the mean of the head's and the genre centroids' probabilities"
+    return ""
+
+
 def build_model_card(metrics, config, *, repo_id, n_parameters, files, figures=(), has_notebook=False):
     """The model card of one run.
 
@@ -472,9 +492,10 @@ def build_model_card(metrics, config, *, repo_id, n_parameters, files, figures=(
     body = "\n".join([
         f"# {name}",
         "",
-        f"A Mixture-of-Experts music genre classifier ({', '.join(config.genres)}) on a 59-dim audio "
-        f"feature vector, with one expert per genre and a gate whose weights show which experts a clip "
-        f"was routed to. This run, on {data_word}: test accuracy {_accuracy_text(h)}.",
+        f"A Mixture-of-Experts music genre classifier ({', '.join(config.genres)}) on a {config.input_size}-dim "
+        f"input per window ({_inputs_text(config)}), with one expert per genre and a gate whose weights show "
+        f"which experts a clip was routed to{_decision_text(config)}. This run, on {data_word}: test accuracy "
+        f"{_accuracy_text(h)}.",
         notebook,
         uses_section(metrics, config.genres),
         training_data_section(metrics),
