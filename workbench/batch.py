@@ -402,6 +402,24 @@ def _one_blas_thread():
             limiter.restore_original_limits()
 
 
+@contextmanager
+def _one_torch_thread(net):
+    """One torch thread in this process while it computes its share of a batch with a front end:
+    it is one of the pool's workers, and the others already use every other core (two torch
+    threads here beside a busy worker oversubscribe the cores). The setting comes back afterwards."""
+    if net is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 _WARM: Dict[tuple, bool] = {}
 
 
@@ -499,7 +517,7 @@ def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_
         # holds librosa costs 10-200 ms, more on a busy machine), and the parent's core is not
         # idle while it waits, which is what makes the pool pay off on batches of a few files.
         # One BLAS thread in this process too while the batch runs; the workers inherit it.
-        with _one_blas_thread():
+        with _one_blas_thread(), _one_torch_thread(net):
             pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx, initializer=_worker_init,
                                        initargs=(os.getpid(), state))
             try:
