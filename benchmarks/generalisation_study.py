@@ -644,9 +644,9 @@ def ncm_fit_predict(st, rep, z, metric, weighting, tr, te, labels):
 def protocol_result(st, proto, seeds, g, allidx, known, fit_predict):
     """One method's result on a protocol: P2 trains on GTZAN (`g`) and tests emotify's known genres;
     P1 (GTZAN) and P3 (everything) are artist 5-fold CV per seed, pooled, with per-collection accuracy.
-    `fit_predict(train_idx, test_idx)` returns the test recordings' predicted genres."""
+    `fit_predict(train_idx, test_idx, seed)` returns the test recordings' predicted genres."""
     if proto == "P2":
-        pred = fit_predict(g, known)
+        pred = fit_predict(g, known, seeds[0])
         return result(pred, st.genre[known], {"per_seed_correct": [int((pred == st.genre[known]).sum())],
                                               "per_seed_n": len(known)})
     idx = g if proto == "P1" else allidx
@@ -655,7 +655,7 @@ def protocol_result(st, proto, seeds, g, allidx, known, fit_predict):
         ks = 0
         for tr, te in af.artist_kfold(st.genre[idx], st.groups[idx], k=5, seed=seed):
             tr, te = idx[tr], idx[te]
-            p_ = fit_predict(tr, te)
+            p_ = fit_predict(tr, te, seed)
             preds.append(p_); truths.append(st.genre[te]); colls.append(st.coll[te])
             ks += int((p_ == st.genre[te]).sum())
         per.append(ks)
@@ -676,7 +676,7 @@ def cmd_ncm(args):
                 for weighting in ("none", "artist"):
                     for proto in args.protocols:
                         r = protocol_result(st, proto, args.seeds, g, allidx, known,
-                                            lambda tr, te: ncm_fit_predict(st, rep, z, metric, weighting, tr, te, st.genre))
+                                            lambda tr, te, _seed: ncm_fit_predict(st, rep, z, metric, weighting, tr, te, st.genre))
                         r.update(rep=rep, zscore=z, metric=metric, weighting=weighting, protocol=proto,
                                  command=f"generalisation_study.py ncm --protocols {proto} --seeds "
                                          + " ".join(map(str, args.seeds)))
@@ -771,22 +771,11 @@ def cmd_moe(args):
                 r = result(classes[Ps[0].argmax(1)], st.genre[known], {"per_seed_correct": per, "per_seed_n": len(known),
                            "ensemble_of_seeds": result(ens, st.genre[known])})
             else:
-                idx = g if proto == "P1" else allidx
-                preds, truths, colls, per = [], [], [], []
-                for seed in args.seeds:
-                    ks = 0
-                    for tr, te in af.artist_kfold(st.genre[idx], st.groups[idx], k=5, seed=seed):
-                        tr, te = idx[tr], idx[te]
-                        P, classes = moe_song_probs(st, rep, tr, te, st.genre, flags, seed)
-                        p_ = classes[P.argmax(1)]
-                        preds.append(p_); truths.append(st.genre[te]); colls.append(st.coll[te])
-                        ks += int((p_ == st.genre[te]).sum())
-                    per.append(ks)
-                pred, truth, coll = map(np.concatenate, (preds, truths, colls))
-                extra = {"per_seed_correct": per, "per_seed_n": len(idx)}
-                for c in np.unique(coll):
-                    extra[f"acc_{c}"] = result(pred[coll == c], truth[coll == c])
-                r = result(pred, truth, extra)
+                def moe_predict(tr, te, seed):
+                    P, classes = moe_song_probs(st, rep, tr, te, st.genre, flags, seed)
+                    return classes[P.argmax(1)]
+
+                r = protocol_result(st, proto, args.seeds, g, allidx, known, moe_predict)
             r.update(variant=name, rep=rep, flags=flags, protocol=proto, seconds=round(time.time() - t0),
                      command=f"generalisation_study.py moe --variants {name} --protocols {proto} --seeds "
                              + " ".join(map(str, args.seeds)))
@@ -874,7 +863,7 @@ def cmd_lda(args):
         for weighting in ("none", "artist"):
             for proto in args.protocols:
                 r = protocol_result(st, proto, args.seeds, g, allidx, known,
-                                    lambda tr, te: lda_fit_predict(st, rep, weighting, tr, te, st.genre))
+                                    lambda tr, te, _seed: lda_fit_predict(st, rep, weighting, tr, te, st.genre))
                 r.update(rep=rep, weighting=weighting, protocol=proto,
                          command=f"generalisation_study.py lda --protocols {proto} --seeds " + " ".join(map(str, args.seeds)))
                 print(f"LDA {proto} {rep:12s} {weighting:7s} {r['acc']:.3f} {r['k']}/{r['n']} per-seed {r['per_seed_correct']}"

@@ -131,6 +131,13 @@ def clean_stale_partials(parent, kind):
     return removed
 
 
+def fresh_partial_folder(target, kind):
+    """`partial_folder(target, kind)` after removing the partial folders that killed runs of the same
+    kind left beside `target` (what every command that builds a folder does first)."""
+    clean_stale_partials(Path(target).parent, kind)
+    return partial_folder(target, kind)
+
+
 def move_into_place(tmp, target, kind):
     """Rename the finished folder `tmp` to `target`, replacing what is there.
 

@@ -385,6 +385,7 @@ class Splits:
     mean: np.ndarray   # (num_features,) training rows' mean
     std: np.ndarray    # (num_features,) training rows' std (constant features: 1)
     tensors: list      # (train, val, test) pairs (raw features float32 tensor, labels long tensor)
+    groups: np.ndarray  # (n_tracks,) artist group of every track (--artists; else each track its own)
 
 
 def prepare_splits(data, s):
@@ -393,14 +394,14 @@ def prepare_splits(data, s):
     The tensors hold raw features: the model z-scores them with the stats in its config.
     """
     track_labels = np.asarray([data.labels[data.tracks == t][0] for t in range(len(data.track_names))])
-    groups = track_groups(data.track_names, load_artist_index(s.artists)) if s.artists else None
-    tracks = split_tracks(track_labels, [float(v) for v in s.split.split(",")], s.seed, groups)
+    groups = track_groups(data.track_names, load_artist_index(s.artists))  # read once per run
+    tracks = split_tracks(track_labels, [float(v) for v in s.split.split(",")], s.seed, groups if s.artists else None)
     if any(len(part) == 0 for part in tracks):
         raise SettingsError(f"--split {s.split}: expected at least one training, one validation and one test "
                             f"track, got {'/'.join(str(len(p)) for p in tracks)}")
     rows = [np.flatnonzero(np.isin(data.tracks, part)) for part in tracks]
     mean, std = feature_stats(data.features[rows[0]])
     tensors = [(torch.from_numpy(data.features[r]).float(), torch.from_numpy(data.labels[r]).long()) for r in rows]
-    return Splits(tracks, rows, mean.astype(np.float32), std.astype(np.float32), tensors)
+    return Splits(tracks, rows, mean.astype(np.float32), std.astype(np.float32), tensors, groups)
 
 

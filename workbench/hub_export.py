@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from modeling import AUTO_MAP, CHECKPOINT_NAME, CUSTOM_PIPELINES, EXPORT_DIR_NAME, model_code_files
-from workbench.atomic_files import clean_stale_partials, move_into_place, partial_folder, unusable_output, write_text
+from workbench.atomic_files import fresh_partial_folder, move_into_place, unusable_output, write_text
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: the files that ship sit at its top
 EXPORT_KIND = "out"  # exports are built in .out-partial-<name>-<pid>-<random> beside --output-dir
@@ -205,8 +205,7 @@ def export_run(src, run_dir, output_dir, repo_id, overwrite=False):
     if problem:
         raise UploadError(f"--output-dir {output_dir} {problem}; expected a folder path")
     try:
-        clean_stale_partials(output_dir.parent, EXPORT_KIND)
-        tmp = partial_folder(output_dir, EXPORT_KIND)
+        tmp = fresh_partial_folder(output_dir, EXPORT_KIND)
     except OSError as e:
         raise UploadError(f"--output-dir {output_dir}: cannot write there ({e.strerror or e})") from e
     try:

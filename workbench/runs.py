@@ -22,10 +22,9 @@ import torch
 from configuration import MusicGenreMoEConfig
 from modeling import CHECKPOINT_NAME, EXPORT_DIR_NAME, load_moe_model
 from workbench import evaluation, plots
-from workbench.atomic_files import clean_stale_partials, move_into_place, partial_folder, replacing, unusable_output, write_json, write_text
+from workbench.atomic_files import fresh_partial_folder, move_into_place, partial_folder, replacing, unusable_output, write_json, write_text
 from workbench.data import data_roots, list_data, load_folder, load_synthetic, prepare_splits
 from workbench.settings import SettingsError, check_model, public_settings
-from workbench.artists import load_artist_index, track_groups
 from workbench.training import build_model, evaluate, fit, novelty_threshold, input_gradient_importance, input_names, model_inputs
 from features import SAMPLE_RATE
 
@@ -167,8 +166,7 @@ def write_run(s, log=print):
     genres, paths, labels = list_data(s)
     check_model(s, genres)
     try:
-        clean_stale_partials(out.parent, RUN_KIND)
-        tmp = partial_folder(out, RUN_KIND)
+        tmp = fresh_partial_folder(out, RUN_KIND)
     except OSError as e:
         raise SettingsError(f"--out {out}: cannot create the run folder there ({e.strerror or e})") from e
     try:
@@ -213,9 +211,9 @@ def train_and_write(folder, data, s, timings, t0, log=print):
     t2 = time.perf_counter()
     set_centroids_and_novelty(model, data, sp, s, log)
     metrics, (y, probs, gates, logits, val_logits) = evaluate(model, data, sp.tracks, inputs, genres)
-    groups = track_groups(data.track_names, load_artist_index(s.artists))[data.tracks][sp.rows[0]]
-    model.set_genre_prototypes(torch.from_numpy(data.features[sp.rows[0]]), data.labels[sp.rows[0]],
-                               (data.tracks[sp.rows[0]], groups))
+    train_rows = sp.rows[0]
+    model.set_genre_prototypes(torch.from_numpy(data.features[train_rows]), data.labels[train_rows],
+                               (data.tracks[train_rows], sp.groups[data.tracks[train_rows]]))
     metrics |= {
         "n_parameters": n_params, "best_epoch": best_epoch, "epochs_run": len(history["train_loss"]),
         "dataset": dataset_summary(data, s, sp),
@@ -238,7 +236,7 @@ def train_and_write(folder, data, s, timings, t0, log=print):
 def set_centroids_and_novelty(model, data, sp, s, log=print):
     """The genre centroids of the training tracks (artist-weighted: `--artists`) and the novelty
     threshold calibrated on them out of fold by artist, stored in the model's config."""
-    groups = track_groups(data.track_names, load_artist_index(s.artists))[data.tracks]
+    groups = sp.groups[data.tracks]
     rows = sp.rows[0]
     x, labels, tracks = torch.from_numpy(data.features[rows]), data.labels[rows], data.tracks[rows]
     model.config.novelty_threshold = novelty_threshold(model, x, labels, tracks, groups[rows], seed=s.seed)
