@@ -235,7 +235,7 @@ def build_demo(model, title="music-genre-moe"):
             with gr.Row():
                 with gr.Column(scale=1):
                     audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
-                                     label="Song (WAV, FLAC, OGG, MP3, AU, AIFF)", elem_id="song")
+                                     label="Song (WAV, FLAC, OGG, MP3, M4A, ...)", elem_id="song")
                     button = gr.Button("Classify", variant="primary", elem_id="classify")
                     examples = example_files()
                     if examples:
