@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -71,6 +71,9 @@ PATCH_SECONDS = PATCH_FRAMES * MUSICNN_HOP_LENGTH / MUSICNN_SAMPLE_RATE
 #: Fewest 16-kHz samples that give one whole patch (centred frames: 1 + n // hop >= 187).
 PATCH_SAMPLES = (PATCH_FRAMES - 1) * MUSICNN_HOP_LENGTH
 EMBEDDING_SIZE = 200
+#: Bumped whenever the embedding of a given window changes (cached embeddings carry it):
+#: 2 = the song resampled to 16 kHz once and its windows cut from it (1: each window resampled).
+EMBEDDING_VERSION = 2
 #: The 50 Million Song Dataset tags, in the order of the model's outputs.
 MSD_TAGS = (
     "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s",
@@ -325,9 +328,10 @@ class _FrequencyPooledConv(nn.Module):
     def pooled_bf16(self, padded: torch.Tensor, pad: int, batch: int, frames: int) -> torch.Tensor:
         """The block's output (B, C, T) with the convolution in bfloat16; ``padded`` as in :meth:`_windows`, bf16."""
         sign, scale, weights = self._low_precision_weights("bf16")
-        out = (weights @ self._windows(padded, pad).t()).view(weights.shape[0], batch, frames, -1)
         # Widened before the max: torch's bf16 reductions are ~15x slower than its float32 ones here.
-        return self._finish(out.float().amax(3), sign, scale)
+        pooled = torch.stack([(weights @ self._windows(one, pad).t()).view(weights.shape[0], frames, -1).float().amax(2)
+                              for one in padded.split(1)], dim=1)          # (C, B, T)
+        return self._finish(pooled, sign, scale)
 
     def pooled_int8(self, padded: torch.Tensor, pad: int, batch: int, frames: int, x_scale: torch.Tensor,
                     zero_point: torch.Tensor) -> torch.Tensor:
@@ -339,7 +343,11 @@ class _FrequencyPooledConv(nn.Module):
         commutes with it.
         """
         sign, scale, (weights, w_scale, w_sums) = self._low_precision_weights("int8")
-        acc = torch._int_mm(weights, self._windows(padded, pad).t()).view(weights.shape[0], batch, frames, -1).amax(3)
+        # One product per patch: two patches' windows (5.8 MB for timbral_74) and int32 sums (18 MB)
+        # fall out of this CPU's caches, and oneDNN then runs at half speed (measured: 7.7-9.2 ms
+        # per patch for timbral_74 at 2-4 patches per product, 3.4-4.0 ms at one).
+        acc = torch.stack([torch._int_mm(weights, self._windows(one, pad).t()).view(weights.shape[0], frames, -1).amax(2)
+                           for one in padded.split(1)], dim=1)             # (C, B, T) int32
         acc = acc - zero_point.to(torch.int32)[None, :, None] * w_sums[:, None, None]
         return self._finish(acc.float() * (x_scale[None, :, None] * w_scale[:, None, None]), sign, scale)
 
@@ -574,6 +582,35 @@ def window_patches(y: np.ndarray, sr: int) -> np.ndarray:
         # musicnn's training repeat-padded clips shorter than one patch ("pad_short": "repeat-pad").
         y = np.tile(y, -(-PATCH_SAMPLES // y.size))[:PATCH_SAMPLES]
     return log_mel_patches(y, MUSICNN_SAMPLE_RATE)
+
+
+def song_windows_16k(y: np.ndarray, sr: int, starts: Sequence[int], window_length: int) -> List[np.ndarray]:
+    """Windows of a song at musicnn's 16 kHz, the song resampled once (not once per window).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,)
+        The whole song, mono, at ``sr``.
+    sr : int
+    starts : sequence of int
+        Each window's first sample at ``sr`` (``features.extract_song``'s ``starts``).
+    window_length : int
+        The windows' length in samples at ``sr``. A song shorter than one window is repeated to
+        fill it, as ``features.split_windows`` repeats it at ``sr``.
+
+    Returns
+    -------
+    list of np.ndarray
+        One array of ``round(window_length * 16000 / sr)`` samples per start (views of the
+        resampled song, or the repeated song).
+    """
+    y16 = resample_audio(np.asarray(y, dtype=np.float32), sr, MUSICNN_SAMPLE_RATE)
+    win16 = int(round(window_length * MUSICNN_SAMPLE_RATE / sr))
+    if y16.size < win16:
+        return [np.resize(y16, win16) for _ in starts]
+    # Rounding may put the end-aligned tail window one sample past the resampled song's end.
+    return [y16[s:s + win16] for s in (min(int(round(int(s0) * MUSICNN_SAMPLE_RATE / sr)), y16.size - win16)
+                                       for s0 in starts)]
 
 
 def patches_per_pass(precision: str = "fp32") -> int:

@@ -28,12 +28,12 @@ from transformers.feature_extraction_utils import BatchFeature, FeatureExtractio
 
 try:
     from .features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE, as_mono_waveform, extract_song, load_audio, resample_audio
-    from .frontend import window_patches
+    from .frontend import MUSICNN_SAMPLE_RATE, song_windows_16k, window_patches
     from .modeling import WindowOutputs
     from .song import SongInputs, song_inputs, song_verdict, song_waveform
 except ImportError:  # running from a checkout, not as a Hub dynamic module
     from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE, as_mono_waveform, extract_song, load_audio, resample_audio
-    from frontend import window_patches
+    from frontend import MUSICNN_SAMPLE_RATE, song_windows_16k, window_patches
     from modeling import WindowOutputs
     from song import SongInputs, song_inputs, song_verdict, song_waveform
 
@@ -94,16 +94,14 @@ class MusicGenreFeatureExtractor(FeatureExtractionMixin):
                             "expected audio, sampling_rate and return_tensors")
         waves = audio if isinstance(audio, (list, tuple)) and len(audio) and np.ndim(audio[0]) >= 1 else [audio]
         sr = self.sampling_rate if sampling_rate is None else int(sampling_rate)
-        songs = [self._song(as_mono_waveform(w), sr) for w in waves]
+        ys = [resample_audio(as_mono_waveform(w), sr, self.sampling_rate) for w in waves]
+        songs = [extract_song(y, sr=self.sampling_rate, clip_seconds=self.clip_seconds) for y in ys]
         data = {"input_features": np.concatenate([s.features for s in songs]).astype(np.float32),
                 "num_windows": np.asarray([len(s.features) for s in songs], dtype=np.int64)}
-        if self.frontend == "musicnn":
-            data["log_mel"] = np.stack([window_patches(w, self.sampling_rate) for s in songs for w in s.audio])
+        if self.frontend == "musicnn":  # the windows song.song_inputs embeds: cut from the song at 16 kHz
+            data["log_mel"] = np.stack([window_patches(w, MUSICNN_SAMPLE_RATE) for y, s in zip(ys, songs)
+                                        for w in song_windows_16k(y, self.sampling_rate, s.starts, len(s.audio[0]))])
         return BatchFeature(data=data, tensor_type=return_tensors)
-
-    def _song(self, y, sr):
-        y = resample_audio(y, sr, self.sampling_rate)
-        return extract_song(y, sr=self.sampling_rate, clip_seconds=self.clip_seconds)
 
     def load(self, path):
         """Read an audio file (WAV, FLAC, OGG, MP3, ...) as mono float32 at `self.sampling_rate`."""

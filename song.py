@@ -112,7 +112,8 @@ def song_inputs(y, sr=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, frontend=None, *, 
     The song is cut into `clip_seconds` windows (`features.extract_song`: silent windows are
     skipped, a short song is one repeated window, the last window is aligned to the song's end);
     each window gets its 59 features and, with a front end, the front end's embedding of the same
-    window (`frontend.window_embeddings`), appended.
+    window (`frontend.window_embeddings`), appended. The front end's windows are cut from the song
+    resampled to 16 kHz once (`frontend.song_windows_16k`); only kept windows reach the network.
 
     Parameters
     ----------
@@ -144,10 +145,12 @@ def song_inputs(y, sr=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, frontend=None, *, 
     feats = song.features
     if frontend is not None:
         try:
-            from .frontend import window_embeddings
+            from .frontend import MUSICNN_SAMPLE_RATE, song_windows_16k, window_embeddings
         except ImportError:
-            from frontend import window_embeddings
-        emb = window_embeddings(frontend, song.audio, sr, precision=frontend_precision)
+            from frontend import MUSICNN_SAMPLE_RATE, song_windows_16k, window_embeddings
+        # The song goes to 16 kHz once; resampling each window would redo it per window.
+        windows = song_windows_16k(y, sr, song.starts, len(song.audio[0]))
+        emb = window_embeddings(frontend, windows, MUSICNN_SAMPLE_RATE, precision=frontend_precision)
         feats = np.concatenate([feats, emb], axis=1).astype(np.float32)
     return SongInputs(feats, song.starts, len(y) / float(sr))
 

@@ -415,10 +415,12 @@ def test_frontend_embeddings_join_the_features_and_key_the_cache(tmp_path):
     res = B.extract_many([song], clip_seconds=3.0, n_jobs=1, cache_dir=tmp_path, frontend=net)
     assert res.cache_hits == 0 and res.features[0].shape == (2, F.N_FEATURES + frontend.EMBEDDING_SIZE)
     np.testing.assert_array_equal(res.features[0][:, :F.N_FEATURES], plain.features[0])
-    windows = F.extract_song(song, SR, 3.0).audio
+    kept = F.extract_song(song, SR, 3.0)
+    windows = frontend.song_windows_16k(song, SR, kept.starts, len(kept.audio[0]))
     # Training inputs are exact: the batch path runs the front end in fp32 unless told otherwise.
     np.testing.assert_allclose(res.features[0][:, F.N_FEATURES:],
-                               frontend.window_embeddings(net, windows, SR, precision="fp32"), atol=1e-6)
+                               frontend.window_embeddings(net, windows, frontend.MUSICNN_SAMPLE_RATE,
+                                                          precision="fp32"), atol=1e-6)
     assert B.extract_many([song], clip_seconds=3.0, n_jobs=1, cache_dir=tmp_path, frontend=net).cache_hits == 1
     other = B.extract_many([song], clip_seconds=3.0, n_jobs=1, cache_dir=tmp_path, frontend=net,
                            frontend_precision="bf16")

@@ -317,3 +317,29 @@ def test_checkpoint_reader_checks_crc_and_skips_optimiser_state():
 def test_converter_names_the_pip_command_when_the_wheel_is_missing(tmp_path, capsys):
     assert convert_musicnn.main(["--wheel", str(tmp_path), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert convert_musicnn.PIP_COMMAND in capsys.readouterr().err
+
+
+def test_a_song_is_resampled_to_16k_once_and_its_windows_cut_from_it(net):
+    from features import extract_song
+
+    sr = 22050
+    song = np.concatenate([_tone(5.0, sr, 220.0), _tone(4.5, sr, 660.0)])  # 9.5 s: windows at 0 and 3.5 s
+    kept = extract_song(song, sr, 6.0)
+    assert kept.starts.tolist() == [0, len(song) - 6 * sr]
+    windows = frontend.song_windows_16k(song, sr, kept.starts, 6 * sr)
+    y16 = resample_audio(song, sr, MUSICNN_SAMPLE_RATE)
+    assert [len(w) for w in windows] == [96000, 96000]
+    np.testing.assert_array_equal(windows[0], y16[:96000])
+    np.testing.assert_array_equal(windows[1], y16[len(y16) - 96000:])  # the tail window ends with the song
+    # The same embeddings as resampling each window on its own, up to the windows' edges.
+    a = window_embeddings(net, windows, MUSICNN_SAMPLE_RATE, precision="fp32")
+    b = window_embeddings(net, kept.audio, sr, precision="fp32")
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.9999, cos
+    # A song shorter than a window is repeated to fill it, at 16 kHz as at the song's rate.
+    short = _tone(2.0, sr, 440.0)
+    (one,) = frontend.song_windows_16k(short, sr, [0], 6 * sr)
+    y16 = resample_audio(short, sr, MUSICNN_SAMPLE_RATE)
+    assert len(one) == 96000
+    np.testing.assert_array_equal(one[:len(y16)], y16)
+    np.testing.assert_array_equal(one[len(y16):2 * len(y16)], y16)

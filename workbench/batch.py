@@ -154,8 +154,12 @@ _settings_key = cache_settings  # the name other modules may still use
 
 
 def frontend_key(net) -> str:
-    """A digest of a front end's weights: embeddings cached with other weights are never reused."""
+    """A digest of a front end's weights and of how it embeds a window (`frontend.EMBEDDING_VERSION`):
+    embeddings cached with other weights, or cut another way, are never reused."""
+    from frontend import EMBEDDING_VERSION
+
     h = hashlib.blake2b(digest_size=16)
+    h.update(f"embedding_version={EMBEDDING_VERSION}".encode())
     for name, tensor in sorted(net.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
