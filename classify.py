@@ -6,6 +6,7 @@ Paste-ready:
     python classify.py "~/Music/**/*.mp3" --model you/music-genre-moe --out tags.csv --top-k 3
     python classify.py ~/Music --model runs/latest --out tags.csv --jsonl windows.jsonl --timeline-dir timelines
     python classify.py /shared/music --model /shared/runs/latest --out /shared/tags.csv --ray auto
+    python classify.py ~/Music --model runs/latest --out tags.csv --device cuda   # musicnn + MoE on the GPU
     python classify.py ~/Music --model runs/latest --out tags.csv --compare-tags
     python classify.py ~/Music --model runs/latest --out tags.csv --write-tags 2 --dry-run
     python classify.py --restore tags.csv.undo.jsonl
@@ -89,6 +90,10 @@ def parse_args(argv=None):
     p.add_argument("--frontend-precision", choices=("auto", "fp32", "bf16", "int8"),
                    help="arithmetic of the musicnn front end (default: the model's config.frontend_precision, "
                         "'auto': int8 on CPUs with AVX-512 VNNI and BF16, bf16 with BF16, else fp32); fp32 is exact")
+    p.add_argument("--device", default="cpu",
+                   help="where the model runs: cpu (default) or cuda / cuda:N; on a GPU the musicnn front end runs "
+                        "there on the patches of --chunk-size songs at a time, and the CPU workers decode and "
+                        "cut them")
     p.add_argument("--n-jobs", type=int, help="feature worker processes (default: every core)")
     p.add_argument("--chunk-size", type=int,
                    help="songs per feature job and per batched forward (default: 8 per worker; Ray: 8 per task)")
@@ -195,7 +200,34 @@ def validate(args) -> dict:
         raise UsageError(f"--model {exc}") from None
     undo = Path(args.undo_log).expanduser() if args.undo_log else out.with_name(out.name + ".undo.jsonl")
     return {"out": out, "errors": errors, "jsonl": jsonl, "timeline": timeline, "cache": cache,
-            "files": files, "ignored": ignored, "address": address, "undo": undo}
+            "files": files, "ignored": ignored, "address": address, "undo": undo, "device": _check_device(args)}
+
+
+def _check_device(args) -> str:
+    """--device as torch names it ("cpu", "cuda:0"), or UsageError: an unknown name, no CUDA, a GPU
+    index past the last, a precision the device cannot run, or --ray (its workers are CPUs)."""
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {args.device}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return "cpu"
+    if device.type != "cuda":
+        raise UsageError(f"--device {args.device}: expected cpu, cuda or cuda:N, got a {device.type} device")
+    if args.ray is not None:
+        raise UsageError(f"--device {args.device}: not with --ray (the Ray workers run the model on their CPUs)")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available here (torch {torch.__version__}, "
+                         f"{'a CPU-only build' if torch.version.cuda is None else 'no GPU found'})")
+    index = 0 if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise UsageError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if args.frontend_precision == "int8":
+        raise UsageError(f"--frontend-precision int8 runs on the CPU only, not --device {args.device} "
+                         f"(use fp32 or bf16 there)")
+    return f"cuda:{index}"
 
 
 def summary(outputs: Outputs, new: int, failed: int, skipped: int, ignored: int, seconds: float) -> str:
@@ -264,6 +296,15 @@ def main(argv=None) -> int:
         args = parse_args(argv)
         v = validate(args)
         model = load_model(args.model, args.trust_remote_code, args.revision)
+        if v["device"] != "cpu":
+            from frontend import resolve_precision
+
+            try:  # e.g. a model whose config.frontend_precision is "int8", sent to a GPU
+                resolve_precision(args.frontend_precision or getattr(model.config, "frontend_precision", "auto"),
+                                  v["device"])
+            except ValueError as exc:
+                raise UsageError(f"--device {v['device']}: {exc}") from None
+            model.to(v["device"])
         genres = model_genres(model)
         if args.top_k is None:
             args.top_k = min(DEFAULT_TOP_K, len(genres))
@@ -289,7 +330,8 @@ def main(argv=None) -> int:
     settings = Settings(sr=int(c.sampling_rate), clip_seconds=float(c.clip_seconds), top_k=args.top_k,
                         batch_windows=args.batch_windows,
                         want_windows=v["jsonl"] is not None or v["timeline"] is not None, cache_dir=v["cache"],
-                        frontend_precision=args.frontend_precision or getattr(c, "frontend_precision", "auto"))
+                        frontend_precision=args.frontend_precision or getattr(c, "frontend_precision", "auto"),
+                        device=v["device"])
     todo = [f for f in v["files"] if f not in skip]
     skipped = len(v["files"]) - len(todo)
     if skipped:

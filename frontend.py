@@ -56,7 +56,8 @@ __all__ = [
     "MUSICNN_SAMPLE_RATE", "MUSICNN_N_FFT", "MUSICNN_HOP_LENGTH", "MUSICNN_N_MELS", "PATCH_FRAMES",
     "PATCH_SECONDS", "PATCH_SAMPLES", "EMBEDDING_SIZE", "MSD_TAGS", "DEFAULT_WEIGHTS",
     "log_mel", "log_mel_patches", "MusiCNN", "MusiCNNOutput", "load_musicnn",
-    "window_patches", "window_embedding", "window_embeddings", "patches_per_pass",
+    "window_patches", "window_embedding", "window_embeddings", "patch_embeddings", "song_windows_16k",
+    "patches_per_pass",
     "PRECISIONS", "cpu_flags", "resolve_precision",
 ]
 
@@ -613,54 +614,55 @@ def song_windows_16k(y: np.ndarray, sr: int, starts: Sequence[int], window_lengt
                                        for s0 in starts)]
 
 
-def patches_per_pass(precision: str = "fp32") -> int:
-    """How many patches to give the network per forward pass on CPU, for torch's thread count.
+def patches_per_pass(precision: str = "fp32", device: Union[str, torch.device, None] = None) -> int:
+    """How many patches to give the network per forward pass, for the device and torch's thread count.
 
-    fp32, on one thread small passes win: they keep the timbral convolutions' output (9 MB per patch)
+    On a GPU: 256 (a few hundred MB of activations; enough patches to fill it). On the CPU, fp32,
+    on one thread small passes win: they keep the timbral convolutions' output (9 MB per patch)
     in cache (measured 56-63 ms per patch at 1-2 patches per pass, 89-120 ms at 8 or more).
     With several threads each pass pays for synchronising them, and 8 or more patches per pass
     win (measured on 2 threads: 0.31 CPU s per patch at 2 per pass, 0.14-0.17 at 8-20).
-    The bf16 and int8 paths (matrix products) also win at 2 per pass on one thread (int8: 15.5 ms
-    per patch at 2, 16.5 at 1, 19.3 at 4 and 8; ``benchmarks/bench_precision.py``); on two threads
-    of a loaded machine the measurements were inconclusive (int8 56-80 ms at 2-8), and 8 is kept
-    for the fp32 reason (fewer synchronisations).
+    The bf16 and int8 paths run one matrix product per patch whatever the pass size (see
+    ``_FrequencyPooledConv.pooled_int8``); 2 per pass on one thread, 8 otherwise.
 
     Parameters
     ----------
     precision : str
         The precision the passes run in (:func:`resolve_precision` resolves ``"auto"``).
+    device : str or torch.device, optional
+        Where the network runs (default: the CPU).
 
     Returns
     -------
     int
-        fp32: 2 on one thread, 16 otherwise; bf16 and int8: 2 on one thread, 8 otherwise.
+        GPU: 256; CPU fp32: 2 on one thread, 16 otherwise; CPU bf16 and int8: 2 on one thread, 8 otherwise.
     """
+    if device is not None and torch.device(device).type != "cpu":
+        return 256
     one = torch.get_num_threads() == 1
     if resolve_precision(precision) == "fp32":
         return 2 if one else 16
     return 2 if one else 8
 
 
-def window_embeddings(net: MusiCNN, windows: Sequence[np.ndarray], sr: int,
-                      batch_size: Optional[int] = None, precision: str = "auto") -> np.ndarray:
-    """musicnn embedding of each window: the mean penultimate layer over the window's patches.
+def patch_embeddings(net: MusiCNN, per_window: Sequence[np.ndarray], batch_size: Optional[int] = None,
+                     precision: str = "auto") -> np.ndarray:
+    """musicnn embedding of each window from its patches: the mean penultimate layer over them.
 
-    Each window is resampled to 16 kHz, repeated up to one patch if shorter (as musicnn's training
-    padded short clips), cut into non-overlapping patches; all windows' patches then go through the
-    network in one loop, ``batch_size`` patches per forward pass.
+    Every window's patches go through the network in one loop, ``batch_size`` patches per
+    forward pass, so the windows of many songs can share passes (``classify.py --device cuda``).
 
     Parameters
     ----------
     net : MusiCNN
-    windows : sequence of np.ndarray, each shape (n_samples_i,), or np.ndarray (n_windows, n_samples)
-        Mono audio; windows may differ in length.
-    sr : int
-        Sample rate of the windows (any rate; 16 kHz skips resampling).
+        On the device it should run on.
+    per_window : sequence of np.ndarray, each shape (n_patches_i >= 1, 187, 96)
+        :func:`window_patches` of each window.
     batch_size : int
-        Patches per forward pass; default :func:`patches_per_pass` (for CPU; on a GPU pass more).
+        Patches per forward pass; default :func:`patches_per_pass` for the network's device.
     precision : str
         The network's precision (:meth:`MusiCNN.embed`): ``"auto"`` (the default) is the fastest
-        the CPU supports (:func:`resolve_precision`); ``"fp32"`` is exact and the same on every
+        the device supports (:func:`resolve_precision`); ``"fp32"`` is exact and the same on every
         CPU: use it for training inputs (cached embeddings) and wherever results must not depend
         on the machine.
 
@@ -670,11 +672,10 @@ def window_embeddings(net: MusiCNN, windows: Sequence[np.ndarray], sr: int,
     """
     param = next(net.parameters())
     precision = resolve_precision(precision, param.device)
-    batch_size = patches_per_pass(precision) if batch_size is None else batch_size
+    batch_size = patches_per_pass(precision, param.device) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    per_window = [window_patches(w, sr) for w in windows]
-    if not per_window:
+    if not len(per_window):
         return np.zeros((0, EMBEDDING_SIZE), dtype=np.float32)
     patches = torch.from_numpy(np.concatenate(per_window))
     with torch.inference_mode():
@@ -684,6 +685,32 @@ def window_embeddings(net: MusiCNN, windows: Sequence[np.ndarray], sr: int,
     owner = torch.repeat_interleave(torch.arange(len(per_window)), counts)
     sums = torch.zeros(len(per_window), EMBEDDING_SIZE).index_add_(0, owner, emb)
     return (sums / counts[:, None]).numpy().astype(np.float32)
+
+
+def window_embeddings(net: MusiCNN, windows: Sequence[np.ndarray], sr: int,
+                      batch_size: Optional[int] = None, precision: str = "auto") -> np.ndarray:
+    """musicnn embedding of each window: the mean penultimate layer over the window's patches.
+
+    Each window is resampled to 16 kHz, repeated up to one patch if shorter (as musicnn's training
+    padded short clips), cut into non-overlapping patches (:func:`window_patches`); then
+    :func:`patch_embeddings`. A song's windows are best cut from the song at 16 kHz
+    (:func:`song_windows_16k`, as ``song.song_inputs`` does) rather than resampled one by one.
+
+    Parameters
+    ----------
+    net : MusiCNN
+    windows : sequence of np.ndarray, each shape (n_samples_i,), or np.ndarray (n_windows, n_samples)
+        Mono audio; windows may differ in length.
+    sr : int
+        Sample rate of the windows (any rate; 16 kHz skips resampling).
+    batch_size, precision
+        As in :func:`patch_embeddings`.
+
+    Returns
+    -------
+    np.ndarray, shape (n_windows, 200), float32
+    """
+    return patch_embeddings(net, [window_patches(w, sr) for w in windows], batch_size, precision)
 
 
 def window_embedding(net: MusiCNN, y: np.ndarray, sr: int, precision: str = "auto") -> np.ndarray:

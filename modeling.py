@@ -520,9 +520,9 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
     @torch.no_grad()
     def window_outputs(self, features, batch_windows=4096):
         """Per-window outputs of raw input rows (n_windows, input_size), in eval mode, in forward
-        passes of at most `batch_windows` rows: a `WindowOutputs`."""
+        passes of at most `batch_windows` rows on the model's device: a `WindowOutputs` on the CPU."""
         self.eval()
-        x = as_feature_tensor(features, self.config.input_size)
+        x = as_feature_tensor(features, self.config.input_size).to(self.device)
         parts = []
         for s in range(0, len(x), batch_windows):
             z = self.normalise(x[s:s + batch_windows])
@@ -530,7 +530,8 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
             fewshot = self._fewshot_space(z, out.embedding) if self._fewshot_genres_compete() else None
             parts.append(WindowOutputs(out.logits.softmax(-1), out.gate_weights, fewshot, self._tag_logits(z),
                                        z if self.config.genre_centroids else None))
-        return WindowOutputs(*(None if parts[0][i] is None else torch.cat([p[i] for p in parts])
+        # Back on the CPU in one copy per field (on a GPU, the verdicts' many small reads would each wait on it).
+        return WindowOutputs(*(None if parts[0][i] is None else torch.cat([p[i] for p in parts]).cpu()
                                for i in range(len(WindowOutputs._fields))))
 
     def _fewshot_genres_compete(self):

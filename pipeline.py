@@ -28,21 +28,19 @@ from transformers.feature_extraction_utils import BatchFeature, FeatureExtractio
 
 try:
     from .features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE, as_mono_waveform, extract_song, load_audio, resample_audio
-    from .frontend import MUSICNN_SAMPLE_RATE, song_windows_16k, window_patches
     from .modeling import WindowOutputs
-    from .song import SongInputs, song_inputs, song_verdict, song_waveform
+    from .song import SongInputs, song_inputs, song_patches, song_verdict, song_waveform
 except ImportError:  # running from a checkout, not as a Hub dynamic module
     from features import CLIP_SECONDS, N_FEATURES, SAMPLE_RATE, as_mono_waveform, extract_song, load_audio, resample_audio
-    from frontend import MUSICNN_SAMPLE_RATE, song_windows_16k, window_patches
     from modeling import WindowOutputs
-    from song import SongInputs, song_inputs, song_verdict, song_waveform
+    from song import SongInputs, song_inputs, song_patches, song_verdict, song_waveform
 
 
 class MusicGenreFeatureExtractor(FeatureExtractionMixin):
     r"""
     Turns a waveform into the model's input: raw (not z-scored) 59-dim feature vectors, one per
     `clip_seconds` window (`features.extract_song`), and, for a model with the musicnn front end,
-    each window's log-mel patches (`frontend.window_patches`), which the model's front end embeds.
+    each window's log-mel patches (`song.song_patches`), which the model's front end embeds.
 
     Args:
         sampling_rate (`int`, *optional*, defaults to 22050):
@@ -98,9 +96,9 @@ class MusicGenreFeatureExtractor(FeatureExtractionMixin):
         songs = [extract_song(y, sr=self.sampling_rate, clip_seconds=self.clip_seconds) for y in ys]
         data = {"input_features": np.concatenate([s.features for s in songs]).astype(np.float32),
                 "num_windows": np.asarray([len(s.features) for s in songs], dtype=np.int64)}
-        if self.frontend == "musicnn":  # the windows song.song_inputs embeds: cut from the song at 16 kHz
-            data["log_mel"] = np.stack([window_patches(w, MUSICNN_SAMPLE_RATE) for y, s in zip(ys, songs)
-                                        for w in song_windows_16k(y, self.sampling_rate, s.starts, len(s.audio[0]))])
+        if self.frontend == "musicnn":  # the patches song.song_inputs embeds
+            data["log_mel"] = np.stack([p for y, s in zip(ys, songs)
+                                        for p in song_patches(y, self.sampling_rate, s.starts, self.clip_seconds)])
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def load(self, path):

@@ -112,8 +112,8 @@ def song_inputs(y, sr=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, frontend=None, *, 
     The song is cut into `clip_seconds` windows (`features.extract_song`: silent windows are
     skipped, a short song is one repeated window, the last window is aligned to the song's end);
     each window gets its 59 features and, with a front end, the front end's embedding of the same
-    window (`frontend.window_embeddings`), appended. The front end's windows are cut from the song
-    resampled to 16 kHz once (`frontend.song_windows_16k`); only kept windows reach the network.
+    window (`song_patches`, then `frontend.patch_embeddings`), appended: the front end's windows are
+    cut from the song resampled to 16 kHz once, and only kept windows reach the network.
 
     Parameters
     ----------
@@ -145,14 +145,39 @@ def song_inputs(y, sr=SAMPLE_RATE, clip_seconds=CLIP_SECONDS, frontend=None, *, 
     feats = song.features
     if frontend is not None:
         try:
-            from .frontend import MUSICNN_SAMPLE_RATE, song_windows_16k, window_embeddings
+            from .frontend import patch_embeddings
         except ImportError:
-            from frontend import MUSICNN_SAMPLE_RATE, song_windows_16k, window_embeddings
-        # The song goes to 16 kHz once; resampling each window would redo it per window.
-        windows = song_windows_16k(y, sr, song.starts, len(song.audio[0]))
-        emb = window_embeddings(frontend, windows, MUSICNN_SAMPLE_RATE, precision=frontend_precision)
+            from frontend import patch_embeddings
+        emb = patch_embeddings(frontend, song_patches(y, sr, song.starts, clip_seconds), precision=frontend_precision)
         feats = np.concatenate([feats, emb], axis=1).astype(np.float32)
     return SongInputs(feats, song.starts, len(y) / float(sr))
+
+
+def song_patches(y, sr, starts, clip_seconds=CLIP_SECONDS):
+    """The musicnn log-mel patches of a song's windows, cut from the song resampled to 16 kHz once
+    (resampling each window would redo the work per window; `frontend.song_windows_16k`).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,)
+        The whole song, mono, at `sr`.
+    sr : int
+    starts : np.ndarray, shape (n_windows,)
+        The kept windows' first samples at `sr` (`SongInputs.starts`).
+    clip_seconds : float
+        The windows' length (`config.clip_seconds`).
+
+    Returns
+    -------
+    list of np.ndarray
+        One (n_patches, 187, 96) float32 array per window (`frontend.window_patches`).
+    """
+    try:
+        from .frontend import MUSICNN_SAMPLE_RATE, song_windows_16k, window_patches
+    except ImportError:
+        from frontend import MUSICNN_SAMPLE_RATE, song_windows_16k, window_patches
+    windows = song_windows_16k(y, sr, starts, int(round(clip_seconds * sr)))
+    return [window_patches(w, MUSICNN_SAMPLE_RATE) for w in windows]
 
 
 def song_verdict(model, inputs: SongInputs, outputs=None, top_k: Optional[int] = None):
@@ -194,4 +219,4 @@ def song_verdict(model, inputs: SongInputs, outputs=None, top_k: Optional[int] =
     return song
 
 
-__all__ = ["SongInputs", "song_waveform", "song_inputs", "song_verdict"]
+__all__ = ["SongInputs", "song_waveform", "song_inputs", "song_patches", "song_verdict"]

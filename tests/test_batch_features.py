@@ -308,8 +308,9 @@ def test_iter_extract_streams_everything_once_from_a_generator(tmp_path):
     first = next(stream)
     assert len(pulled) <= 2 * 2 + 1  # bounded read-ahead: in-flight sources, not the whole library
     items = [first] + list(stream)
-    assert sorted(i for i, _, _ in items) == list(range(6))
-    by_index = {i: (None if s is None else s.features, e) for i, s, e in items}
+    assert sorted(it.index for it in items) == list(range(6))
+    assert all(it.pending is None for it in items)  # the front end (none here) is never left to the caller
+    by_index = {it.index: (None if it.song is None else it.song.features, it.error) for it in items}
     assert by_index[1][0] is None and by_index[1][1] == f"{tmp_path / 'missing.wav'}: file not found"
     ref = B.extract_many(sources, n_jobs=1, cache_dir=False)
     for i, feats in zip(ref.ok, ref.features):

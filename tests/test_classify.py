@@ -284,7 +284,8 @@ def test_resume_after_the_process_is_killed(reference, library, run_dir, tmp_pat
 
 @pytest.mark.parametrize("case", ["missing-path", "empty-glob", "bad-model", "top-k-0", "top-k-too-big",
                                   "out-folder-missing", "ray-path", "other-columns", "no-audio",
-                                  "nothing-given", "not-a-number"])
+                                  "nothing-given", "not-a-number", "device-unknown", "device-no-cuda",
+                                  "device-ray"])
 def test_bad_arguments_fail_with_one_line(case, library, run_dir, tmp_path, capsys):
     out = tmp_path / "p.csv"
     base = [library, "--model", run_dir, "--out", out]
@@ -300,6 +301,10 @@ def test_bad_arguments_fail_with_one_line(case, library, run_dir, tmp_path, caps
         "no-audio": ([tmp_path / "docs", "--model", run_dir, "--out", out], "no audio files"),
         "nothing-given": ([], "required: PATH, --model, --out"),
         "not-a-number": (base + ["--top-k", "abc"], "--top-k: invalid int value: 'abc'"),
+        "device-unknown": (base + ["--device", "gpu"], "--device gpu: expected cpu, cuda or cuda:N"),
+        "device-no-cuda": (base + ["--device", "cuda:7"], "--device cuda:7: CUDA is not available"
+                           if not torch.cuda.is_available() else "CUDA device(s)"),
+        "device-ray": (base + ["--device", "cuda", "--ray"], "not with --ray"),
     }[case]
     if case == "other-columns":
         out.write_text("path,genre,confidence\n")
@@ -333,19 +338,26 @@ def test_every_model_source_gives_the_same_rows(reference, library, run_dir, tmp
     assert resolve_model_spec("someone/music-genre-moe") == ("hub", "someone/music-genre-moe")
 
 
-def test_a_model_with_the_pretrained_front_end(library, run_dir, tmp_path):
-    """config.frontend='musicnn': the workers compute each window's embedding with the model's own
-    front end (iter_extract(frontend=model.frontend)); rows agree with predict_audio."""
+@pytest.fixture(scope="module")
+def musicnn_model(run_dir, tmp_path_factory):
+    """A save_pretrained folder of an untrained model with the musicnn front end."""
     base = MusicGenreMoEConfig.from_pretrained(run_dir / "hf_model")
     n_extra = base.__class__(frontend="musicnn").input_size - base.num_features
     torch.manual_seed(1)
     config = MusicGenreMoEConfig(id2label=base.id2label, label2id=base.label2id, frontend="musicnn",
                                  feature_mean=list(base.feature_mean) + [0.0] * n_extra,
                                  feature_std=list(base.feature_std) + [1.0] * n_extra)
-    MusicGenreMoE(config).save_pretrained(tmp_path / "musicnn_model")
+    folder = tmp_path_factory.mktemp("musicnn") / "musicnn_model"
+    MusicGenreMoE(config).save_pretrained(folder)
+    return folder
+
+
+def test_a_model_with_the_pretrained_front_end(library, musicnn_model, tmp_path):
+    """config.frontend='musicnn': the workers compute each window's embedding with the model's own
+    front end (iter_extract(frontend=model.frontend)); rows agree with predict_audio."""
     songs = [library / "jazz" / "a.wav", library / "short.wav"]
-    assert run([*songs, "--model", tmp_path / "musicnn_model", "--out", tmp_path / "p.csv", "--n-jobs", "2"]) == 0
-    model = classify.load_model(str(tmp_path / "musicnn_model"))
+    assert run([*songs, "--model", musicnn_model, "--out", tmp_path / "p.csv", "--n-jobs", "2"]) == 0
+    model = classify.load_model(str(musicnn_model))
     rows = read_rows(tmp_path / "p.csv")
     assert sorted(r["path"] for r in rows) == sorted(map(str, songs))
     for r in rows:
@@ -405,3 +417,44 @@ def test_extract_many_ray_matches_extract_many(local_ray, library):
         # Ray tasks run BLAS on one thread, this process on several: float32 rounding may differ.
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert [s.tolist() for s in remote.starts] == [s.tolist() for s in local.starts]
+
+
+def test_the_gpu_path_runs_many_songs_patches_through_the_front_end_together(library, musicnn_model, tmp_path,
+                                                                             monkeypatch):
+    """--device cuda's plumbing, run on this CPU (CI has no GPU): the workers decode and cut the
+    patches, and this process embeds a whole chunk's songs in shared passes (`batch.embed_pending`)
+    and caches them; the rows are those of the CPU path, unreadable files still go to the errors file."""
+    import frontend
+    from workbench import batch
+
+    songs = [str(p) for p in sorted(library.rglob("*")) if p.is_file() and p.suffix != ".txt"
+             and not p.name.startswith(".")]
+    assert run([*songs, "--model", musicnn_model, "--out", tmp_path / "cpu.csv", "--n-jobs", "2",
+                "--frontend-precision", "fp32"]) == 0
+    model = classify.load_model(str(musicnn_model))
+    passes = []
+    real = frontend.patch_embeddings
+
+    def counted(net, per_window, *args, **kwargs):
+        passes.append(len(per_window))
+        return real(net, per_window, *args, **kwargs)
+
+    monkeypatch.setattr(frontend, "patch_embeddings", counted)
+    settings = tagging.Settings(sr=SAMPLE_RATE, clip_seconds=float(model.config.clip_seconds), top_k=3,
+                                cache_dir=tmp_path / "cache", frontend_precision="fp32", device="cuda:0")
+    for attempt in ("fresh", "cached"):
+        passes.clear()
+        outputs = tagging.Outputs(tmp_path / f"{attempt}.csv", tmp_path / f"{attempt}.errors.csv", None, None,
+                                  tagging.model_genres(model), 3)
+        outputs.open(overwrite=True, retry_errors=False)
+        tagging.run_local(model, songs, settings, outputs, n_jobs=2, chunk_size=len(songs), progress=lambda n: None)
+        outputs.close()
+        assert_same_rows(read_rows(tmp_path / f"{attempt}.csv"), read_rows(tmp_path / "cpu.csv"))
+        got, want = (sorted(read_rows(p), key=lambda r: r["path"])
+                     for p in (tmp_path / f"{attempt}.errors.csv", tmp_path / "cpu.csv.errors.csv"))
+        assert got == want
+        windows = sum(int(r["num_windows"]) for r in read_rows(tmp_path / "cpu.csv"))
+        # Fresh: every readable song's windows in one call (one chunk); cached: no front-end work at all.
+        assert passes == ([windows] if attempt == "fresh" else []), passes
+    with pytest.raises(ValueError, match="clip_seconds=None"):
+        list(batch.iter_extract(songs[:1], frontend=model.frontend, frontend_device="cuda:0"))

@@ -58,12 +58,12 @@ from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from frontend import EMBEDDING_SIZE
-from song import SongInputs, song_inputs
+from song import SongInputs, song_inputs, song_patches
 from workbench.atomic_files import replacing
 from features import (HOP_LENGTH, HR_FREQ_BANDS, HR_TIME_POOL, FEATURE_VERSION, MIN_SECONDS, N_FEATURES, N_FFT,
                       SAMPLE_RATE, AudioError, PathLike, _require_audio_deps, extract_features,
@@ -74,8 +74,8 @@ try:
 except ImportError:  # pragma: no cover
     tqdm = None
 
-__all__ = ["ExtractionResult", "extract_many", "iter_extract", "cache_settings", "default_cache_dir",
-           "frontend_key", "resolve_frontend"]
+__all__ = ["ExtractionResult", "extract_many", "iter_extract", "embed_pending", "Pending", "cache_settings",
+           "default_cache_dir", "frontend_key", "resolve_frontend"]
 
 logger = logging.getLogger(__name__)
 
@@ -287,28 +287,41 @@ def _cache_store(path: Path, song: SongInputs) -> None:
 #: it) or by the pool initializer under spawn; never pickled per task. "frontend": the front-end
 #: network or None; "job": (settings, cache root, width) of the running extraction. A new
 #: per-worker object (a model, a second front end) goes here, loaded lazily on first use.
-_WORKER_STATE: Dict[str, object] = {"frontend": None, "job": None, "precision": "fp32"}
+_WORKER_STATE: Dict[str, object] = {"frontend": None, "job": None, "precision": "fp32", "defer": False}
+
+
+class Pending(NamedTuple):
+    """The front end's share of a song, left to the process that runs the network on its device
+    (``iter_extract(frontend_device=...)``); :func:`embed_pending` completes it."""
+
+    source: str                    #: the source's description, for errors
+    patches: List[np.ndarray]      #: per kept window, its (n_patches, 187, 96) log-mel patches
+    cache_path: Optional[Path]     #: where the completed song is cached, or None (cache off)
 
 
 def _extract_source(source: Source, sr: int, clip_seconds: Optional[float], n_fft: int,
-                    hop_length: int) -> SongInputs:
-    """The SongInputs of one file or array: one row for a whole clip (``clip_seconds`` None), else
-    the song path's windows (`song.song_inputs`, the front end included)."""
+                    hop_length: int) -> Tuple[SongInputs, Optional[List[np.ndarray]]]:
+    """(SongInputs, patches) of one file or array: one row for a whole clip (``clip_seconds``
+    None), else the song path's windows (`song.song_inputs`, the front end included). With the
+    front end deferred (``_WORKER_STATE["defer"]``), the rows hold the 59 features alone and the
+    windows' patches come back for the caller's device (`song.song_patches`); else patches is None."""
     if isinstance(source, np.ndarray):
         y, name = source, "array"
     else:
         y, name = load_audio(source, sr), str(source)
-    net = _WORKER_STATE["frontend"]
+    defer = bool(_WORKER_STATE["defer"])
+    net = None if defer else _WORKER_STATE["frontend"]
     try:
         if clip_seconds is not None:
-            return song_inputs(y, sr, clip_seconds, net, n_fft=n_fft, hop_length=hop_length,
-                               frontend_precision=_WORKER_STATE["precision"])
+            inputs = song_inputs(y, sr, clip_seconds, net, n_fft=n_fft, hop_length=hop_length,
+                                 frontend_precision=_WORKER_STATE["precision"])
+            return inputs, (song_patches(y, sr, inputs.starts, clip_seconds) if defer else None)
         feats = extract_features(y, sr, n_fft=n_fft, hop_length=hop_length)[None, :]
         if net is not None:
             from frontend import window_embeddings
 
             feats = np.concatenate([feats, window_embeddings(net, [y], sr, precision=_WORKER_STATE["precision"])], axis=1)
-        return SongInputs(feats.astype(np.float32), np.zeros(1, np.int64), len(y) / float(sr))
+        return SongInputs(feats.astype(np.float32), np.zeros(1, np.int64), len(y) / float(sr)), None
     except AudioError as exc:
         msg = str(exc)
         raise AudioError(name + msg[len("array"):] if msg.startswith("array") else msg) from None
@@ -317,8 +330,10 @@ def _extract_source(source: Source, sr: int, clip_seconds: Optional[float], n_ff
 def _process(task: Tuple[int, Source, str], args: tuple):
     """Everything for one source: regular-file check, hash, cache lookup, extraction, cache write.
 
-    Returns ``(index, features, starts, error, cache_hit)``; never raises for a bad source (the
-    error is the one-line message), so a worker survives any input.
+    Returns ``(index, song, error, cache_hit, pending)``: ``pending`` is a :class:`Pending` when
+    the front end is deferred and the song was not cached (``song`` then holds the 59 features
+    alone), else None. Never raises for a bad source (the error is the one-line message), so a
+    worker survives any input.
     """
     index, source, desc = task
     settings, cache_root, width = _WORKER_STATE["job"]
@@ -328,19 +343,21 @@ def _process(task: Tuple[int, Source, str], args: tuple):
             path = _cache_path(cache_root, _content_hash(source), settings)
             cached = _cache_load(path, width)
             if cached is not None:
-                return index, cached, None, True
+                return index, cached, None, True, None
         elif not isinstance(source, np.ndarray):
             os.close(_open_regular(str(source)))  # same refusal of FIFOs and devices without the cache
-        song = _extract_source(source, *args)
+        song, patches = _extract_source(source, *args)
+        if patches is not None:  # cached by embed_pending, once complete
+            return index, song, None, False, Pending(desc, patches, path)
         if path is not None:
             _cache_store(path, song)
-        return index, song, None, False
+        return index, song, None, False, None
     except AudioError as exc:
-        return index, None, str(exc), False
+        return index, None, str(exc), False, None
     except MemoryError:
-        return index, None, f"{desc}: out of memory", False
+        return index, None, f"{desc}: out of memory", False, None
     except Exception as exc:  # one bad source must not stop the batch
-        return index, None, f"{desc}: {type(exc).__name__}: {exc}", False
+        return index, None, f"{desc}: {type(exc).__name__}: {exc}", False, None
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -462,33 +479,107 @@ class Extracted(NamedTuple):
     index: int                    #: the source's position in ``sources``
     song: Optional[SongInputs]    #: its window rows, starts and duration; None on failure
     error: Optional[str]          #: None, or a one-line message naming the source and the problem
+    pending: Optional[Pending] = None  #: the front end's share, with ``frontend_device`` (see embed_pending)
 
 
 def iter_extract(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_seconds: Optional[float] = None,
                  n_jobs: Optional[int] = None, cache_dir: Union[None, bool, PathLike] = None,
                  n_fft: int = N_FFT, hop_length: int = HOP_LENGTH, frontend=None,
-                 frontend_precision: str = "fp32") -> Iterator[Extracted]:
+                 frontend_precision: str = "fp32", frontend_device: Optional[str] = None) -> Iterator[Extracted]:
     """Features of many files or clips, streamed in completion order, one :class:`Extracted` each.
 
-    Parameters are those of :func:`extract_many` (no progress bar here: the caller counts).
+    Parameters are those of :func:`extract_many` (no progress bar here: the caller counts), and:
+
+    frontend_device : str, optional
+        Where the caller runs the front end (e.g. ``"cuda"``), batched across songs: the workers
+        then decode, compute the 59 features and cut the log-mel patches, and each uncached song
+        comes back with its :class:`Pending` share for :func:`embed_pending`. Default None: the
+        workers run the front end on the CPU and every song comes back complete.
+
     ``sources`` may be any iterable, consumed lazily: at most ``2 * n_jobs`` sources are read
     ahead, so a generator over a million files runs in bounded memory.
     """
-    for index, song, error, _hit in _iter_results(
+    for index, song, error, _hit, pending in _iter_results(
             sources, sr=sr, clip_seconds=clip_seconds, n_jobs=n_jobs, cache_dir=cache_dir, n_fft=n_fft,
-            hop_length=hop_length, frontend=frontend, frontend_precision=frontend_precision):
-        yield Extracted(index, song, error)
+            hop_length=hop_length, frontend=frontend, frontend_precision=frontend_precision,
+            frontend_device=frontend_device):
+        yield Extracted(index, song, error, pending)
+
+
+def embed_pending(items: Sequence[Extracted], frontend, frontend_precision: str = "auto") -> List[Extracted]:
+    """Complete songs whose front end was deferred (:func:`iter_extract` with ``frontend_device``):
+    every song's patches go through the network together, ``patches_per_pass`` at a time on its
+    device, and each completed song is cached where its :class:`Pending` says.
+
+    Parameters
+    ----------
+    items : sequence of Extracted
+        From ``iter_extract(..., frontend_device=...)``; complete ones and failures pass through.
+    frontend : MusiCNN
+        The front end, on its device (the one given to iter_extract as ``frontend_device``).
+    frontend_precision : str
+        As given to iter_extract.
+
+    Returns
+    -------
+    list of Extracted
+        The same items in the same order, each pending song's rows now 59 + 200 wide.
+    """
+    from frontend import patch_embeddings
+
+    out = list(items)
+    todo = [i for i, item in enumerate(items) if item.pending is not None]
+    try:
+        groups = [todo] if todo else []
+        embedded = [patch_embeddings(frontend, [p for i in todo for p in items[i].pending.patches],
+                                     precision=frontend_precision)] if todo else []
+    except Exception as exc:  # e.g. out of GPU memory: song by song, so one song cannot fail the others
+        logger.warning("front end failed on %d songs together (%s: %s): retrying one at a time",
+                       len(todo), type(exc).__name__, exc)
+        groups, embedded = [], []
+        for i in todo:
+            try:
+                embedded.append(patch_embeddings(frontend, items[i].pending.patches, precision=frontend_precision))
+                groups.append([i])
+            except Exception as one:
+                out[i] = Extracted(items[i].index, None, f"{items[i].pending.source}: front end failed "
+                                                         f"({type(one).__name__}: {one})")
+    for group, emb in zip(groups, embedded):
+        row = 0
+        for i in group:
+            song = items[i].song
+            n = len(song.features)
+            done = SongInputs(np.concatenate([song.features, emb[row:row + n]], axis=1).astype(np.float32),
+                              song.starts, song.duration)
+            row += n
+            if items[i].pending.cache_path is not None:
+                _cache_store(items[i].pending.cache_path, done)
+            out[i] = Extracted(items[i].index, done, None)
+    return out
 
 
 def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_dir, n_fft, hop_length,
-                  frontend, frontend_precision="fp32", n_sources: Optional[int] = None):
-    """iter_extract's engine: yields (index, SongInputs or None, error or None, cache_hit)."""
+                  frontend, frontend_precision="fp32", frontend_device: Optional[str] = None,
+                  n_sources: Optional[int] = None):
+    """iter_extract's engine: yields (index, SongInputs or None, error or None, cache_hit, Pending or None)."""
     _require_audio_deps("extract_many")
     net = resolve_frontend(frontend)
     width = N_FEATURES + (0 if net is None else EMBEDDING_SIZE)
-    # The precision joins the key: embeddings of another arithmetic are never reused.
+    defer = net is not None and frontend_device is not None
+    if defer and clip_seconds is None:
+        raise ValueError("frontend_device: the front end runs apart from the workers only on windows "
+                         "(clip_seconds), got clip_seconds=None")
+    # The precision joins the key: embeddings of another arithmetic are never reused; nor those of
+    # another kind of device (a GPU's fp32 convolutions differ from the CPU's in the last bits).
+    if frontend_device is not None:
+        import torch
+
+        device_type = torch.device(frontend_device).type
+    else:
+        device_type = None
     settings = cache_settings(sr, clip_seconds, n_fft, hop_length,
-                              None if net is None else f"{frontend_key(net)}:{frontend_precision}")
+                              None if net is None else f"{frontend_key(net)}:{frontend_precision}"
+                              + ("" if device_type in (None, "cpu") else f":{device_type}"))
     if cache_dir is False:
         cache_root = None
     else:
@@ -503,7 +594,8 @@ def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_
     tasks = ((i, src, _describe(src, i)) for i, src in enumerate(sources))
 
     saved = dict(_WORKER_STATE)
-    _WORKER_STATE.update(frontend=net, job=(settings, cache_root, width), precision=frontend_precision)  # forked workers inherit it
+    _WORKER_STATE.update(frontend=None if defer else net, job=(settings, cache_root, width),
+                         precision=frontend_precision, defer=defer)  # forked workers inherit it
     try:
         if workers == 1:
             # One BLAS thread here too: the products are small, and idle OpenBLAS threads spinning
@@ -514,14 +606,14 @@ def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_
             return
         _warm_up(sr, n_fft, hop_length)
         ctx = _pool_context()
-        state = None if ctx.get_start_method() == "fork" else {"frontend": net, "job": _WORKER_STATE["job"],
-                                                               "precision": frontend_precision}
+        state = None if ctx.get_start_method() == "fork" else {key: _WORKER_STATE[key] for key in
+                                                               ("frontend", "job", "precision", "defer")}
         # This process is one of the ``workers``: it computes sources itself while the others run
         # in ``workers - 1`` child processes. One fork fewer per batch (forking a process that
         # holds librosa costs 10-200 ms, more on a busy machine), and the parent's core is not
         # idle while it waits, which is what makes the pool pay off on batches of a few files.
         # One BLAS thread in this process too while the batch runs; the workers inherit it.
-        with _one_blas_thread(), _one_torch_thread(net):
+        with _one_blas_thread(), _one_torch_thread(None if defer else net):
             pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx, initializer=_worker_init,
                                        initargs=(os.getpid(), state))
             try:
@@ -553,7 +645,7 @@ def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_
                             yield fut.result()
                         except Exception as exc:  # a worker died (BrokenProcessPool: killed, out of memory)
                             index, _source, desc = fut.task
-                            yield index, None, f"{desc}: worker failed ({type(exc).__name__}: {exc})", False
+                            yield index, None, f"{desc}: worker failed ({type(exc).__name__}: {exc})", False, None
             finally:  # also on an early stop of the iteration (generator closed)
                 # Queued sources are cancelled and the workers joined here. Not wait=False: an
                 # executor left to reap its workers in the background races the interpreter's exit
@@ -612,7 +704,7 @@ def extract_many(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_secon
     failures: Dict[int, str] = {}
     hits = 0
     try:
-        for index, song, error, hit in _iter_results(
+        for index, song, error, hit, _pending in _iter_results(
                 sources, sr=sr, clip_seconds=clip_seconds, n_jobs=n_jobs, cache_dir=cache_dir, n_fft=n_fft,
                 hop_length=hop_length, frontend=frontend, frontend_precision=frontend_precision):
             if error is None:

@@ -110,6 +110,8 @@ class Settings:
     want_windows: bool = False     # per-window results (for --jsonl / --timeline-dir)
     cache_dir: object = False      # the batch cache: False (off), None (default) or a folder
     frontend_precision: str = "auto"  # the model's config.frontend_precision (frontend.resolve_precision)
+    device: str = "cpu"            # where the model runs; elsewhere than the CPU, the front end runs there
+                                   # on many songs' patches at once, and the workers only cut them
 
 
 @dataclass
@@ -587,31 +589,37 @@ def run_local(model, todo: Sequence[str], settings: Settings, outputs: Outputs, 
     """One worker pool for the whole job (`batch_features.iter_extract`, songs in completion
     order, a bounded read-ahead); finished songs are batched, `chunk_size` songs or FLUSH_SECONDS
     at a time, into one forward pass and written."""
-    from workbench.batch import iter_extract
+    from workbench.batch import embed_pending, iter_extract
 
-    songs: List[Song] = []
-    failures: List[Tuple[str, str]] = []
+    net = model_frontend(model)
+    on_device = settings.device != "cpu" and net is not None
+    items: list = []
     last = time.monotonic()
 
     def flush() -> None:
+        songs: List[Song] = []
+        failures: List[Tuple[str, str]] = []
+        for item in embed_pending(items, net, settings.frontend_precision) if on_device else items:
+            path = todo[item.index]
+            if item.error is not None:
+                failures.append((path, _reason(path, item.error)))
+            else:
+                songs.append(Song(path, item.song))
         outputs.write(predict_songs(model, songs, settings), failures)
-        progress(len(songs) + len(failures))
-        songs.clear()
-        failures.clear()
+        progress(len(items))
+        items.clear()
 
+    # On a GPU the chunk's songs share the front end's passes (embed_pending): one pass of
+    # patches_per_pass patches there instead of each worker's small CPU passes.
     stream = iter_extract(todo, sr=settings.sr, clip_seconds=settings.clip_seconds, n_jobs=n_jobs,
-                          cache_dir=settings.cache_dir, frontend=model_frontend(model),
-                          frontend_precision=settings.frontend_precision)
+                          cache_dir=settings.cache_dir, frontend=net, frontend_precision=settings.frontend_precision,
+                          frontend_device=settings.device if on_device else None)
     for item in stream:
-        path = todo[item.index]
-        if item.error is not None:
-            failures.append((path, _reason(path, item.error)))
-        else:
-            songs.append(Song(path, item.song))
-        if len(songs) + len(failures) >= chunk_size or time.monotonic() - last >= FLUSH_SECONDS:
+        items.append(item)
+        if len(items) >= chunk_size or time.monotonic() - last >= FLUSH_SECONDS:
             flush()
             last = time.monotonic()
-    if songs or failures:
+    if items:
         flush()
 
 
