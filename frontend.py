@@ -107,6 +107,14 @@ def _check_input(y: np.ndarray, sr: int) -> np.ndarray:
     return y
 
 
+@functools.lru_cache(maxsize=1)
+def _mel_filters() -> np.ndarray:
+    """librosa's Slaney mel filters for musicnn's STFT, (96, 257) float32, read-only."""
+    filters = librosa.filters.mel(sr=MUSICNN_SAMPLE_RATE, n_fft=MUSICNN_N_FFT, n_mels=MUSICNN_N_MELS)
+    filters.flags.writeable = False
+    return filters
+
+
 def log_mel(y: np.ndarray, sr: int = MUSICNN_SAMPLE_RATE) -> np.ndarray:
     """musicnn's input representation: the log-compressed mel power spectrogram, time first.
 
@@ -128,8 +136,10 @@ def log_mel(y: np.ndarray, sr: int = MUSICNN_SAMPLE_RATE) -> np.ndarray:
     y = _check_input(y, sr)
     if librosa is None:
         raise ImportError("log_mel() needs librosa; install it with `pip install 'librosa>=0.10.2,<0.12'`")
-    mel = librosa.feature.melspectrogram(y=y, sr=MUSICNN_SAMPLE_RATE, n_fft=MUSICNN_N_FFT,
-                                         hop_length=MUSICNN_HOP_LENGTH, n_mels=MUSICNN_N_MELS).T
+    # librosa.feature.melspectrogram's own steps, with the mel filters built once per process
+    # (melspectrogram rebuilds them on every call: ~0.5 ms, a window's worth of STFT).
+    power = np.abs(librosa.stft(y, n_fft=MUSICNN_N_FFT, hop_length=MUSICNN_HOP_LENGTH)) ** 2
+    mel = np.einsum("...ft,mf->...mt", power, _mel_filters(), optimize=True).T
     # musicnn casts the spectrogram to float16 before the log, so the round trip is part of its
     # input. Back to float32 before scaling: under NumPy 2, 10000 * float16 stays float16 and
     # overflows to inf.
@@ -455,12 +465,18 @@ class MusiCNN(nn.Module):
                            self.temporal_64(x), self.temporal_32(x)], dim=1)  # (B, 561, T)
         return self._mid_and_back(front)
 
-    def _mid_and_back(self, front: torch.Tensor) -> MusiCNNOutput:
-        """The mid-end and back end on the front end's (B, 561, T) features."""
-        m1 = self.midend1(front)
-        m2 = self.midend2(m1) + m1
-        m3 = self.midend3(m2) + m2
-        features = torch.cat([front, m1, m2, m3], dim=1)             # (B, 753, T)
+    def _mid_and_back(self, front: torch.Tensor, low_precision: bool = False) -> MusiCNNOutput:
+        """The mid-end and back end on the front end's (B, 561, T) features.
+
+        ``low_precision``: the mid-end convolutions under bfloat16 autocast (the bf16 and int8
+        paths of :meth:`embed`; 1.3 -> 0.8 ms per patch on one thread here, and the int8 path's
+        cosine to fp32 on GTZAN windows unchanged: min 0.99748 -> 0.99780, mean 0.99973 -> 0.99972).
+        """
+        with torch.autocast(front.device.type, dtype=torch.bfloat16, enabled=low_precision):
+            m1 = self.midend1(front)
+            m2 = self.midend2(m1) + m1
+            m3 = self.midend3(m2) + m2
+        features = torch.cat([front, m1.float(), m2.float(), m3.float()], dim=1)  # (B, 753, T)
         max_pool = features.amax(dim=2)
         mean_pool = features.mean(dim=2)
         pooled = torch.stack([max_pool, mean_pool], dim=2).flatten(1)  # (B, 1506), interleaved
@@ -516,7 +532,7 @@ class MusiCNN(nn.Module):
                                                x_scale, zero_point))
             else:
                 parts.append(block.pooled_bf16(padded if timbral else mel_first, pad, batch, frames))
-        return self._mid_and_back(torch.cat(parts, dim=1)).penultimate
+        return self._mid_and_back(torch.cat(parts, dim=1), low_precision=True).penultimate
 
     def _front_blocks(self):
         return tuple(getattr(self, name) for name in _FRONT_BLOCK_NAMES)

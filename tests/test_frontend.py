@@ -124,6 +124,11 @@ def test_log_mel_shapes_and_patch_count():
     np.testing.assert_array_equal(patches[1], spec[PATCH_FRAMES:2 * PATCH_FRAMES])
     # Loud audio: 10000 * float16 would overflow to inf under NumPy 2 without the float32 cast.
     assert np.isfinite(log_mel(np.clip(y * 100, -1, 1))).all()
+    # Bit for bit musicnn's call (librosa.feature.melspectrogram), with the filters built once.
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=y, sr=MUSICNN_SAMPLE_RATE, n_fft=512, hop_length=256, n_mels=96).T
+    np.testing.assert_array_equal(spec, np.log10(10000.0 * mel.astype(np.float16).astype(np.float32) + 1.0))
 
 
 def test_wrong_sample_rate_is_an_error_naming_it():
