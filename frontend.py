@@ -639,7 +639,9 @@ def patches_per_pass(precision: str = "fp32", device: Union[str, torch.device, N
     With several threads each pass pays for synchronising them, and 8 or more patches per pass
     win (measured on 2 threads: 0.31 CPU s per patch at 2 per pass, 0.14-0.17 at 8-20).
     The bf16 and int8 paths run one matrix product per patch whatever the pass size (see
-    ``_FrequencyPooledConv.pooled_int8``); 2 per pass on one thread, 8 otherwise.
+    ``_FrequencyPooledConv.pooled_int8``), so larger passes only share the rest of the network's
+    per-pass cost: int8 measured 12.4, 12.0 and 10.8 ms per patch at 2, 10 and 20 per pass on one
+    thread, 8.2, 7.2 and 6.7 on two; 32 per pass.
 
     Parameters
     ----------
@@ -651,14 +653,13 @@ def patches_per_pass(precision: str = "fp32", device: Union[str, torch.device, N
     Returns
     -------
     int
-        GPU: 256; CPU fp32: 2 on one thread, 16 otherwise; CPU bf16 and int8: 2 on one thread, 8 otherwise.
+        GPU: 256; CPU fp32: 2 on one thread, 16 otherwise; CPU bf16 and int8: 32.
     """
     if device is not None and torch.device(device).type != "cpu":
         return 256
-    one = torch.get_num_threads() == 1
     if resolve_precision(precision) == "fp32":
-        return 2 if one else 16
-    return 2 if one else 8
+        return 2 if torch.get_num_threads() == 1 else 16
+    return 32
 
 
 def patch_embeddings(net: MusiCNN, per_window: Sequence[np.ndarray], batch_size: Optional[int] = None,
