@@ -22,8 +22,8 @@ TensorFlow's answers.
 
 ``--recordings DIR`` (a folder of genre sub-folders, e.g. ``../shared/data/gtzan-mini-dev``) adds
 what the song path sees: every recording cut into ``--clip-seconds`` windows
-(``features.extract_song``), each window embedded in fp32, bf16 and int8
-(``frontend.window_embeddings``); per-window cosine to fp32, and a genre classifier (logistic
+(``features.extract_song``), each window's patches cut as the song path cuts them
+(``song.song_patches``) and embedded in fp32, bf16 and int8 (``frontend.patch_embeddings``); per-window cosine to fp32, and a genre classifier (logistic
 regression on the fp32 window embeddings, 5-fold cross-validated with folds by recording) whose
 held-out recordings are then predicted from each precision's embeddings: the share of recordings
 given the same genre as from fp32, and each precision's cross-validated accuracy.
@@ -170,6 +170,8 @@ def recording_agreement(net, folder, clip_seconds, precisions=("bf16", "int8")):
     """Per-window cosine to fp32 and genre agreement over the recordings of `folder`'s genre sub-folders."""
     import features
     from sklearn.linear_model import LogisticRegression
+
+    from song import song_patches
     from sklearn.model_selection import StratifiedKFold
 
     files = sorted(f for d in sorted(Path(folder).iterdir()) if d.is_dir() for f in d.iterdir() if f.is_file())
@@ -177,8 +179,9 @@ def recording_agreement(net, folder, clip_seconds, precisions=("bf16", "int8")):
     for f in files:
         y = features.load_audio(f, sr=features.SAMPLE_RATE)
         song = features.extract_song(y, features.SAMPLE_RATE, clip_seconds)
+        patches = song_patches(y, features.SAMPLE_RATE, song.starts, clip_seconds)  # the song path's patches
         for p in embs:
-            embs[p].append(frontend.window_embeddings(net, song.audio, features.SAMPLE_RATE, precision=p))
+            embs[p].append(frontend.patch_embeddings(net, patches, precision=p))
         labels.append(f.parent.name)
     labels = np.array(labels)
     out = {"recordings": len(files), "windows": int(sum(len(e) for e in embs["fp32"]))}

@@ -348,3 +348,28 @@ def test_a_song_is_resampled_to_16k_once_and_its_windows_cut_from_it(net):
     assert len(one) == 96000
     np.testing.assert_array_equal(one[:len(y16)], y16)
     np.testing.assert_array_equal(one[len(y16):2 * len(y16)], y16)
+
+
+@pytest.mark.parametrize("clip_seconds", [None, 3.0])
+def test_songs_embedded_together_in_a_worker_get_the_rows_they_get_alone(net, clip_seconds):
+    # A worker running the front end takes a few songs per task and puts their patches through it
+    # together (batch._process_group): whole clips (synthetic training) and windowed songs alike
+    # must come out 59 + 200 wide, with each song's embedding as computed alone.
+    from features import N_FEATURES, extract_features
+    from workbench import batch
+
+    sr = 22050
+    clips = [_tone(3.0 + 0.5 * i, sr, 220.0 * (i + 1)) for i in range(batch.SONGS_PER_TASK_WITH_FRONTEND + 1)]
+    together = batch.extract_many(clips, sr=sr, clip_seconds=clip_seconds, n_jobs=1, cache_dir=False,
+                                  frontend=net, progress=False)
+    assert not together.failures
+    for clip, rows in zip(clips, together.features):
+        assert rows.shape[1] == N_FEATURES + EMBEDDING_SIZE
+        if clip_seconds is None:
+            np.testing.assert_allclose(rows[0, :N_FEATURES], extract_features(clip, sr), rtol=1e-6)
+            alone = window_embeddings(net, [clip], sr, precision="fp32")
+        else:
+            from song import song_inputs
+
+            alone = song_inputs(clip, sr, clip_seconds, net, frontend_precision="fp32").features[:, N_FEATURES:]
+        np.testing.assert_allclose(rows[:, N_FEATURES:], alone, rtol=1e-4, atol=1e-5)

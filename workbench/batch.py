@@ -321,6 +321,10 @@ def _extract_source(source: Source, sr: int, clip_seconds: Optional[float], n_ff
                                  frontend_precision=_WORKER_STATE["precision"])
             return inputs, (song_patches(y, sr, inputs.starts, clip_seconds) if defer else None)
         feats = extract_features(y, sr, n_fft=n_fft, hop_length=hop_length)[None, :]
+        if defer:  # the whole clip is the one window: its patches, as window_embeddings cuts them
+            from frontend import window_patches
+
+            return SongInputs(feats.astype(np.float32), np.zeros(1, np.int64), len(y) / float(sr)), [window_patches(y, sr)]
         if net is not None:
             from frontend import window_embeddings
 
