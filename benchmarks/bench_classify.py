@@ -16,6 +16,9 @@ Usage::
     python benchmarks/bench_classify.py --frontend musicnn --n 100 --precisions fp32,auto --baseline-sample 10
                                                         # a musicnn model: classify.py with the fp32 front end
                                                         # (the reference) and with 'auto' (int8 here), same songs
+    python benchmarks/bench_classify.py --frontend musicnn --n 200 --precisions auto --devices cpu,cuda
+                                                        # where CUDA is present: classify.py --device cuda beside
+                                                        # the CPU path (the first device the reference)
 """
 
 from __future__ import annotations
@@ -130,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precisions", default="",
                     help="comma-separated --frontend-precision values to time classify.py with, the first the "
                          "reference (e.g. fp32,auto); default: the model's own")
+    ap.add_argument("--devices", default="cpu",
+                    help="comma-separated classify.py --device values, the first the reference (e.g. cpu,cuda)")
     ap.add_argument("--baseline-sample", type=int,
                     help="time predict_audio on this many of the songs and scale to N (default: all N)")
     args = ap.parse_args(argv)
@@ -155,22 +160,25 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
         extra = ["--n-jobs", str(args.n_jobs)] if args.n_jobs else []
         precisions = [v for v in args.precisions.split(",") if v] or [None]
+        devices = [v for v in args.devices.split(",") if v] or ["cpu"]
+        variants = [(d, p) for d in devices for p in precisions]
         timed = {}
-        for prec in precisions:
-            flag = ["--frontend-precision", prec] if prec else []
-            timed[prec] = time_classify(paths, spec, tmp / f"predictions-{prec}.csv", extra + flag)
-        c_wall, c_cpu = timed[precisions[-1]]
+        for device, prec in variants:
+            flag = ["--device", device] + (["--frontend-precision", prec] if prec else [])
+            timed[device, prec] = time_classify(paths, spec, tmp / f"predictions-{device}-{prec}.csv", extra + flag)
+        c_wall, c_cpu = timed[variants[-1]]
 
     rows = [(f"model.predict_audio, song by song ({len(base)} timed)", len(base), b_wall, b_cpu),
             ("  the same, torch.set_num_threads(1)", len(base), b1_wall, b1_cpu)]
     rows += [(f"classify.py (pool of {args.n_jobs or tagging.available_cpus()}, batched)"
-              + (f", front end {prec}" if prec else ""), args.n, w, c) for prec, (w, c) in timed.items()]
+              + (f", {device}" if len(devices) > 1 or device != "cpu" else "")
+              + (f", front end {prec}" if prec else ""), args.n, w, c) for (device, prec), (w, c) in timed.items()]
     report(rows)
-    if len(precisions) > 1:
-        ref_wall = timed[precisions[0]][0]
-        for prec in precisions[1:]:
-            print(f"classify.py with the front end in {prec}: {ref_wall / timed[prec][0]:.2f}x the songs per minute "
-                  f"of {precisions[0]} on the same {args.n} songs")
+    ref_wall = timed[variants[0]][0]
+    for device, prec in variants[1:]:
+        print(f"classify.py --device {device}" + (f" with the front end in {prec}" if prec else "")
+              + f": {ref_wall / timed[device, prec][0]:.2f}x the songs per minute of the first "
+              f"({variants[0][0]}, {variants[0][1] or 'model default'}) on the same {args.n} songs")
     speed = (args.n / c_wall) / (len(base) / b_wall)
     cpu = (c_cpu / args.n) / (b_cpu / len(base))
     print(f"\nclassify.py: {speed:.2f}x the songs per minute of predict_audio song by song; "
