@@ -16,7 +16,7 @@ What it does
   skipped); a file named on the command line is taken whatever its extension. WAV, FLAC, OGG,
   Opus, MP3, AU, AIFF (soundfile) and M4A/AAC/ALAC, WMA and the sound of MP4/WebM videos (PyAV,
   `pip install av`); long files are decoded as a stream (a 2-hour mix: ~640 MB above baseline).
-- Features come from worker processes (`batch_features`), with the model's sampling rate and
+- Features come from worker processes (`workbench.batch`), with the model's sampling rate and
   window length; the windows of many songs go through the model together. Memory stays bounded by
   the workers' songs (one each) plus one chunk of feature rows.
 - `--out` (CSV) gets one row per song: path, the predicted genre and its confidence, the top-k
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
         i = argv.index(restoring[0])
         log = argv[i].split("=", 1)[1] if "=" in argv[i] else (argv[i + 1] if i + 1 < len(argv) else "")
         return restore_main(log)
-    # Unreadable files are reported in the errors file and the summary; batch_features' per-file
+    # Unreadable files are reported in the errors file and the summary; workbench.batch's per-file
     # warnings would only repeat them on the terminal, through the progress bar.
     logging.getLogger("workbench.batch").setLevel(logging.ERROR)
     try:

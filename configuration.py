@@ -106,9 +106,9 @@ class MusicGenreMoEConfig(PretrainedConfig):
             Arithmetic of the front end at inference (`frontend.resolve_precision`): `"auto"` picks
             `"int8"` on CPUs with AVX-512 VNNI and BF16, `"bf16"` with BF16 only, else `"fp32"`;
             `"fp32"` is exact and the same on every machine (training inputs always use it). int8
-            embeddings against fp32 (`benchmarks/bench_precision.py`): cosine >= 0.9994 on the 40
-            reference patches, >= 0.9975 (mean 0.9997) on GTZAN mini-dev's 300 5-s windows, and
-            the same genre on all 50 recordings; bf16: >= 0.9997 on both.
+            embeddings against fp32 (`benchmarks/bench_precision.py`): cosine >= 0.99925 on the 40
+            reference patches, >= 0.99899 (mean 0.99977) on GTZAN mini-dev's 250 6-s windows, and
+            the same genre on all 50 recordings; bf16: >= 0.99962 and >= 0.99951.
         prototypes (`dict[str, list[float]]`, *optional*, defaults to `{}`):
             Few-shot genres added with `model.add_genre`: genre name -> mean of the examples'
             windows in the `prototype_space` (with `prototype_metric="cosine"`, the mean of the

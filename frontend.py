@@ -493,11 +493,12 @@ class MusiCNN(nn.Module):
         precision : str
             ``"fp32"``: :meth:`forward`, exactly. ``"auto"`` (the default; :func:`resolve_precision`),
             ``"bf16"`` or ``"int8"``: under ``torch.no_grad`` / ``torch.inference_mode``, the
-            front-end convolutions in low precision; the mid-end and back end stay float32. Measured against fp32 on the 40 reference
-            patches (``benchmarks/bench_precision.py``): per-patch cosine >= 0.9996 for bf16 and
-            >= 0.9994 for int8 (mean 0.99994 and 0.99968); on GTZAN mini-dev's 300 5-s windows
-            >= 0.9997 for bf16 and >= 0.9975 for int8 (mean 0.99973; its timbral_74 kernels in
-            int8 cost the most), the same genre from either on all 50 recordings. With gradients
+            front-end convolutions in low precision and the mid-end convolutions in bf16; the back
+            end stays float32. Measured against fp32 on the 40 reference patches
+            (``benchmarks/bench_precision.py``): per-patch cosine >= 0.99962 for bf16 and >= 0.99925
+            for int8 (mean 0.99987 and 0.99963); on GTZAN mini-dev's 250 6-s windows >= 0.99951 for
+            bf16 and >= 0.99899 for int8 (mean 0.99991 and 0.99977; its timbral_74 kernels in int8
+            cost the most), the same genre from either on all 50 recordings. With gradients
             enabled (training, even with the front end frozen) every precision runs as fp32.
 
         Returns

@@ -399,7 +399,7 @@ class MusicGenreMoE(MusicGenreMoEPreTrainedModel):
                 The model z-scores them with the training stats in its config: never normalise them
                 yourself. With a front end (`config.frontend="musicnn"`) either pass the 59 features
                 with `log_mel`, or the full `input_size` row (59 features, then the 200-d front-end
-                embedding, as `batch_features.extract_many` caches it). Values more than
+                embedding, as the workbench's `batch.extract_many` caches it). Values more than
                 `MAX_ABS_ZSCORE` standard deviations from the training mean are refused with an
                 error naming the row and the feature.
             labels (`torch.LongTensor` of shape `(batch,)`, *optional*):

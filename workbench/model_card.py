@@ -368,7 +368,10 @@ def architecture_section(config, n_parameters):
         f"\n\nEach window's input also holds the {c.frontend_size}-d embedding of the pretrained **musicnn** "
         "MSD model (Pons & Serra, 2019; the mean of its penultimate layer over the window's 3-s 16-kHz "
         "log-mel patches), computed by the front end inside this model "
-        f"({'frozen' if c.freeze_frontend else 'fine-tuned'}; its weights are in `model.safetensors`). Weights "
+        f"({'frozen' if c.freeze_frontend else 'fine-tuned'}; its weights are in `model.safetensors`). At inference it "
+        f"runs in the arithmetic `config.frontend_precision` names, `{c.frontend_precision}`"
+        + (" (int8 on CPUs with AVX-512 VNNI and BF16, bf16 with BF16 only, else fp32)" if c.frontend_precision == "auto" else "")
+        + "; `fp32` is the exact path. Weights "
         "converted from the `musicnn==0.1.0` checkpoint: Copyright (c) Music Technology Group, Universitat "
         "Pompeu Fabra 2019, ISC licence (`LICENSE-musicnn`).")
     return f"""## Model

@@ -82,7 +82,7 @@ class TrainSettings:
     ray: str | None = _opt(None, "Extract the recordings' features on Ray (ray_backend.extract_many_ray): "
                            "'local' starts a local Ray, 'auto' or HOST:PORT joins a cluster whose nodes can read "
                            "the data folders (needs requirements-ray.txt).", unit="address")
-    cache_dir: str | None = _opt(None, "Feature cache folder (default: batch_features' own); 'none' disables "
+    cache_dir: str | None = _opt(None, "Feature cache folder (default: workbench.batch's own); 'none' disables "
                                  "the cache.", unit="path")
     plots: bool = _opt(True, "Write the eight figures into the run folder.")
     quick: bool = _opt(False, "Small data and few epochs for smoke tests (40 clips per genre, 40 epochs); "

@@ -586,7 +586,7 @@ FLUSH_SECONDS = 2.0  # longest a finished song waits for its batch (progress bar
 
 def run_local(model, todo: Sequence[str], settings: Settings, outputs: Outputs, n_jobs: int, chunk_size: int,
               progress) -> None:
-    """One worker pool for the whole job (`batch_features.iter_extract`, songs in completion
+    """One worker pool for the whole job (`workbench.batch.iter_extract`, songs in completion
     order, a bounded read-ahead); finished songs are batched, `chunk_size` songs or FLUSH_SECONDS
     at a time, into one forward pass and written."""
     from workbench.batch import embed_pending, iter_extract
