@@ -256,6 +256,38 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
                 pass
 
 
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked workers inherit a patched module")
+def test_a_song_that_kills_its_worker_fails_alone_and_the_batch_goes_on(tmp_path, monkeypatch):
+    # A decoder crashing on a file, or the out-of-memory killer, ends a worker process and breaks
+    # the whole pool: every song in flight there is lost with it. Those songs are run again one by
+    # one, so the song that kills its worker gets an error line and every other song its row.
+    paths = []
+    for i in range(12):
+        p = tmp_path / f"{'deadly' if i % 3 == 1 else 'song'}_{i:02d}.wav"
+        sf.write(p, 0.1 * np.sin(np.arange(3 * 22050) * (0.01 + 0.002 * i)).astype(np.float32), 22050)
+        paths.append(p)
+    parent, extract = os.getpid(), B._extract_source
+
+    def crash_in_a_worker(source, *args):
+        if "deadly" in str(source) and os.getpid() != parent:
+            os._exit(1)  # what a segfault or SIGKILL does: no exception, no cleanup
+        return extract(source, *args)
+
+    monkeypatch.setattr(B, "_extract_source", crash_in_a_worker)
+    result = B.extract_many(paths, n_jobs=2, cache_dir=False, progress=False)
+    failed = dict(result.failures)
+    ok = {str(paths[i]) for i in result.ok}
+    assert ok | set(failed) == {str(p) for p in paths}
+    assert {str(p) for p in paths if "deadly" not in p.name} <= ok  # no innocent song lost
+    assert failed, "no deadly song reached a worker: the test did not exercise the crash"
+    for path, reason in failed.items():
+        assert "deadly" in path and reason.startswith(f"{path}: the worker process reading it died")
+    alone = B.extract_many([p for p in paths if str(p) in ok], n_jobs=1, cache_dir=False, progress=False)
+    for got, want in zip(result.features, alone.features):
+        np.testing.assert_array_equal(got, want)
+
+
 # ---------------------------------------------------------------------- non-audio, renamed
 
 

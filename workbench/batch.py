@@ -56,6 +56,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -647,48 +648,97 @@ def _iter_results(sources: Iterable[Source], *, sr, clip_seconds, n_jobs, cache_
         # idle while it waits, which is what makes the pool pay off on batches of a few files.
         # One BLAS thread in this process too while the batch runs; the workers inherit it.
         with _one_blas_thread(), _one_torch_thread(None if defer else net):
-            pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx, initializer=_worker_init,
-                                       initargs=(os.getpid(), state))
-            try:
-                pending = set()
-                limit = _IN_FLIGHT_PER_WORKER * (workers - 1)
-                exhausted = False
-                while True:
-                    while not exhausted and len(pending) < limit:
-                        group = next(tasks, None)
-                        if group is None:
-                            exhausted = True
-                        else:
-                            fut = pool.submit(_process_group, group, args)
-                            fut.group = group
-                            pending.add(fut)
-                    if not exhausted:  # the workers have their share queued: take one here
-                        group = next(tasks, None)
-                        if group is None:
-                            exhausted = True
-                        else:
-                            yield from _process_group(group, args)
-                    if not pending:
-                        if exhausted:
-                            break
-                        continue
-                    done, pending = wait(pending, timeout=None if exhausted else 0, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        try:
-                            results = fut.result()
-                        except Exception as exc:  # a worker died (BrokenProcessPool: killed, out of memory)
-                            results = [(index, None, f"{desc}: worker failed ({type(exc).__name__}: {exc})", False, None)
-                                       for index, _source, desc in fut.group]
-                        yield from results
-            finally:  # also on an early stop of the iteration (generator closed)
-                # Queued sources are cancelled and the workers joined here. Not wait=False: an
-                # executor left to reap its workers in the background races the interpreter's exit
-                # (its wake-up pipe and call queue are closed under the manager thread), which
-                # printed "OSError: [Errno 9] Bad file descriptor" at the end of some runs (issue 23).
-                pool.shutdown(wait=True, cancel_futures=True)
+            yield from _run_pool(tasks, args, workers, ctx, state)
     finally:
         _WORKER_STATE.clear()
         _WORKER_STATE.update(saved)
+
+
+def _new_pool(workers: int, ctx, state: Optional[dict]) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(os.getpid(), state))
+
+
+def _run_pool(tasks: Iterator[list], args: tuple, workers: int, ctx, state: Optional[dict]) -> Iterator[tuple]:
+    """:func:`_process_group` over ``tasks`` in ``workers - 1`` child processes and this one.
+
+    A worker that dies (a decoder crashing on a file, the kernel's out-of-memory killer) breaks
+    the pool and every task in flight in it: those tasks' songs are run again one by one, each
+    in a process of its own (:func:`_isolated`), so the song that kills its worker gets an error
+    line and the others their rows; then a fresh pool takes the rest of the batch.
+    """
+    pool = _new_pool(workers - 1, ctx, state)
+    try:
+        pending = set()
+        limit = _IN_FLIGHT_PER_WORKER * (workers - 1)
+        exhausted = False
+        while True:
+            broken = []  # groups of tasks lost with a dead worker
+            while not exhausted and len(pending) < limit:
+                group = next(tasks, None)
+                if group is None:
+                    exhausted = True
+                    break
+                try:
+                    fut = pool.submit(_process_group, group, args)
+                except BrokenProcessPool:
+                    broken.append(group)
+                    break
+                fut.group = group
+                pending.add(fut)
+            if not exhausted and not broken:  # the workers have their share queued: take one here
+                group = next(tasks, None)
+                if group is None:
+                    exhausted = True
+                else:
+                    yield from _process_group(group, args)
+            if not pending and not broken:
+                if exhausted:
+                    break
+                continue
+            done = set()
+            if pending:  # (wait on no futures and no timeout would never return)
+                done, pending = wait(pending, timeout=None if exhausted else 0, return_when=FIRST_COMPLETED)
+            for fut in done:
+                try:
+                    results = fut.result()
+                except BrokenProcessPool:
+                    broken.append(fut.group)
+                    continue
+                except Exception as exc:  # e.g. a result that could not be sent back
+                    results = [(index, None, f"{desc}: worker failed ({type(exc).__name__}: {exc})", False, None)
+                               for index, _source, desc in fut.group]
+                yield from results
+            if broken:  # the pool is unusable: whatever it still held is lost with it
+                finished, pending = wait(pending).done, set()
+                for fut in finished:
+                    if fut.exception() is None:
+                        yield from fut.result()
+                    else:
+                        broken.append(fut.group)
+                pool.shutdown(wait=True, cancel_futures=True)
+                lost = [task for group in broken for task in group]
+                logger.warning("a worker process died: %d songs it may have held are run again one by one", len(lost))
+                for task in lost:
+                    yield from _isolated(task, args, ctx, state)
+                pool = _new_pool(workers - 1, ctx, state)
+    finally:  # also on an early stop of the iteration (generator closed)
+        # Queued sources are cancelled and the workers joined here. Not wait=False: an
+        # executor left to reap its workers in the background races the interpreter's exit
+        # (its wake-up pipe and call queue are closed under the manager thread), which
+        # printed "OSError: [Errno 9] Bad file descriptor" at the end of some runs (issue 23).
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _isolated(task: Tuple[int, Source, str], args: tuple, ctx, state: Optional[dict]) -> list:
+    """One song in a process of its own: its results, or its error if that process dies too."""
+    with _new_pool(1, ctx, state) as alone:
+        try:
+            return alone.submit(_process_group, [task], args).result()
+        except Exception as exc:  # BrokenProcessPool: this song kills the process that reads it
+            index, _source, desc = task
+            return [(index, None, f"{desc}: the worker process reading it died (it crashed, or was killed, e.g. "
+                                  f"for memory: {type(exc).__name__})", False, None)]
 
 
 def extract_many(sources: Iterable[Source], *, sr: int = SAMPLE_RATE, clip_seconds: Optional[float] = None,
