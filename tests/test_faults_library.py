@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -436,3 +437,61 @@ def test_a_full_disk_while_opening_the_outputs_is_one_line(library, model_dir, t
     code, cap = classify_run([library, "--model", model_dir, "--out", out], capsys)
     assert code == 1 and cap.err.strip() == f"classify.py: error: {out}: No space left on device", cap.err
     assert not (tmp_path / "tags.csv.lock").exists()
+
+
+# -- a song that kills the Ray worker reading it ----------------------------------------------------------
+
+_CRASH_HOOK = '''
+import os
+
+
+def install():  # Ray runs this in every worker process it starts (runtime_env worker_process_setup_hook)
+    from workbench import batch
+
+    extract = batch._extract_source
+
+    def crash_on_deadly_files(source, *args):
+        if "deadly" in str(source):
+            os._exit(1)  # what a decoder's segfault or the out-of-memory killer does: no exception
+        return extract(source, *args)
+
+    batch._extract_source = crash_on_deadly_files
+'''
+
+
+def test_a_song_that_kills_its_ray_worker_fails_alone_and_the_job_goes_on(model_dir, tmp_path):
+    # Ray raises WorkerCrashedError for a task whose worker died: the chunk is run again song by
+    # song, so the song that kills its worker gets an error line and its chunk-mates their rows.
+    pytest.importorskip("ray")
+    lib = tmp_path / "lib"
+    for i, name in enumerate(["a.wav", "deadly.wav", "b.wav"]):
+        song(lib, name, seconds=5.0, seed=i)
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "crash_hook.py").write_text(_CRASH_HOOK)
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import ray
+        import classify
+        from workbench import ray_backend
+
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+                 runtime_env={{"env_vars": {{"PYTHONPATH": os.pathsep.join([{str(ROOT)!r}, {str(tmp_path / "hook")!r}])}},
+                              "worker_process_setup_hook": "crash_hook.install"}})
+        paths = sorted(os.path.join({str(lib)!r}, n) for n in os.listdir({str(lib)!r}))
+        got = ray_backend.extract_many_ray(paths, clip_seconds=5.0, cache_dir=False, chunk_size=2, progress=False)
+        print("EXTRACT", [paths[i] for i in got.ok], got.failures)
+        sys.exit(classify.main([{str(lib)!r}, "--model", {str(model_dir)!r}, "--out", {str(tmp_path / "tags.csv")!r},
+                                "--ray", "--chunk-size", "2", "--no-progress"]))
+    """))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    deadly, good = str(lib / "deadly.wav"), sorted(str(lib / n) for n in ("a.wav", "b.wav"))
+    extract_line = next(line for line in r.stdout.splitlines() if line.startswith("EXTRACT"))
+    assert repr(good) in extract_line and f"('{deadly}', '{deadly}: the Ray worker process reading it died" in extract_line
+    with open(tmp_path / "tags.csv", newline="") as f:
+        assert sorted(row["path"] for row in csv.DictReader(f)) == good
+    with open(tmp_path / "tags.csv.errors.csv", newline="") as f:
+        errors = list(csv.DictReader(f))
+    assert [e["path"] for e in errors] == [deadly] and errors[0]["reason"].startswith("the Ray worker process reading it died")

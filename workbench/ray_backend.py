@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -33,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from workbench import tagging
 from workbench.runs import load_model, resolve_model_spec
 from workbench.tagging import RayJobError
-from workbench.batch import ExtractionResult
+from workbench.batch import ExtractionResult, _describe
 from features import HOP_LENGTH, N_FFT, SAMPLE_RATE
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository, shipped to Ray workers as working_dir
@@ -111,29 +112,47 @@ def _worker_model(target: str, trust_remote_code: bool = False, revision: Option
     return _MODELS[key]
 
 
-@ray.remote(num_cpus=1)
+@ray.remote(num_cpus=1, max_retries=0)  # a dead worker: _run_tasks runs the chunk song by song
 def _classify_chunk(target: str, settings: tagging.Settings, paths: List[str], trust_remote_code: bool = False,
                     revision: Optional[str] = None):
     return tagging.classify_paths(_worker_model(target, trust_remote_code, revision), paths, settings, n_jobs=1)
 
 
-def _run_tasks(submit: Callable, items: Sequence, on_result: Callable, max_in_flight: int) -> None:
+#: What a task raises when its worker process died (a decoder crash, the out-of-memory killer, a
+#: lost node): the chunk is then run again song by song, which is why the tasks leave Ray's own
+#: retries off (a deterministic crash would cost three more worker start-ups per try).
+_WORKER_DIED = (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError)
+WORKER_DIED_REASON = "the Ray worker process reading it died"
+
+
+def _run_tasks(submit: Callable, items: Sequence, on_result: Callable, max_in_flight: int,
+               split: Optional[Callable] = None) -> None:
     """Submit `submit(item)` for every item with at most `max_in_flight` running or queued (memory
-    and the driver's queue stay bounded), calling `on_result(index, result)` as each finishes."""
+    and the driver's queue stay bounded), calling `on_result(item, result)` as each finishes.
+
+    A task whose worker process died is run again as `split(item, reason)`'s items (the chunk's
+    songs one at a time), so that only the song that kills its worker is lost: for a single song,
+    `split` records its failure and returns no items. Without `split`, or on any other Ray error,
+    the job ends with RayJobError."""
+    todo = deque(items)
     pending: dict = {}
-    nxt = 0
-    while nxt < len(items) or pending:
-        while nxt < len(items) and len(pending) < max_in_flight:
-            pending[submit(items[nxt])] = nxt
-            nxt += 1
+    while todo or pending:
+        while todo and len(pending) < max_in_flight:
+            item = todo.popleft()
+            pending[submit(item)] = item
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            k = pending.pop(ref)
+            item = pending.pop(ref)
             try:
                 result = ray.get(ref)
+            except _WORKER_DIED as exc:
+                if split is None:
+                    raise RayJobError(f"--ray: a Ray worker died ({_one_line(exc)})") from exc
+                todo.extendleft(reversed(split(item, _one_line(exc))))
+                continue
             except ray.exceptions.RayError as exc:
                 raise RayJobError(f"--ray: a Ray task failed ({_one_line(exc)})") from exc
-            on_result(k, result)
+            on_result(item, result)
 
 
 def classify_on_ray(model_spec: str, paths: Sequence[str], settings: tagging.Settings, outputs: tagging.Outputs, *,
@@ -150,16 +169,22 @@ def classify_on_ray(model_spec: str, paths: Sequence[str], settings: tagging.Set
     try:
         chunks = [list(paths[s:s + chunk_size]) for s in range(0, len(paths), chunk_size)]
 
-        def write(_k, result):
+        def write(_chunk, result):
             records, failures = result
             outputs.write(records, failures)
             if progress is not None:
                 progress(len(records) + len(failures))
 
+        def split(chunk, reason):
+            if len(chunk) > 1:
+                return [[path] for path in chunk]
+            write(chunk, ([], [(chunk[0], f"{WORKER_DIED_REASON} ({reason})")]))
+            return []
+
         # Two chunks per CPU in flight: a worker never waits for the driver between chunks.
         try:
             _run_tasks(lambda chunk: _classify_chunk.remote(target, settings, chunk, trust_remote_code, revision), chunks, write,
-                       2 * _cluster_cpus())
+                       2 * _cluster_cpus(), split)
         except RayJobError as exc:
             raise RayJobError(f"{exc}; the rows written so far are kept: run the same command again to resume") from exc
     finally:
@@ -167,7 +192,7 @@ def classify_on_ray(model_spec: str, paths: Sequence[str], settings: tagging.Set
             ray.shutdown()
 
 
-@ray.remote(num_cpus=1)
+@ray.remote(num_cpus=1, max_retries=0)  # a dead worker: _run_tasks runs the chunk song by song
 def _extract_chunk(chunk: list, kwargs: dict) -> ExtractionResult:
     from workbench.batch import extract_many
 
@@ -218,7 +243,8 @@ def extract_many_ray(sources: Sequence, *, sr: int = SAMPLE_RATE, clip_seconds: 
         kwargs["frontend"] = frontend
     owned = init_ray(address, num_cpus)
     try:
-        offsets = list(range(0, len(sources), chunk_size))
+        # (first source, count) per task; a chunk whose worker died is run again source by source.
+        chunks = [(off, min(chunk_size, len(sources) - off)) for off in range(0, len(sources), chunk_size)]
         results: dict = {}
         show = (len(sources) >= 20) if progress is None else bool(progress)
         try:
@@ -227,17 +253,26 @@ def extract_many_ray(sources: Sequence, *, sr: int = SAMPLE_RATE, clip_seconds: 
         except ImportError:  # pragma: no cover
             bar = None
 
-        def keep(k, result):
-            results[k] = result
+        def keep(chunk, result):
+            results[chunk[0]] = result
             if bar is not None:
-                bar.update(min(chunk_size, len(sources) - offsets[k]))
+                bar.update(chunk[1])
+
+        def split(chunk, reason):
+            off, count = chunk
+            if count > 1:
+                return [(off + i, 1) for i in range(count)]
+            desc = _describe(shipped[off], 0)  # _merge shifts an array's index by its offset
+            keep(chunk, ExtractionResult(failures=[(desc, f"{desc}: {WORKER_DIED_REASON} ({reason})")]))
+            return []
 
         # In flight: two chunks per CPU, which also bounds the audio arrays in the object store.
-        _run_tasks(lambda off: _extract_chunk.remote(shipped[off:off + chunk_size], kwargs), offsets, keep,
-                   2 * _cluster_cpus())
+        _run_tasks(lambda chunk: _extract_chunk.remote(shipped[chunk[0]:chunk[0] + chunk[1]], kwargs), chunks, keep,
+                   2 * _cluster_cpus(), split)
         if bar is not None:
             bar.close()
-        merged = _merge([results[k] for k in range(len(offsets))], offsets)
+        offsets = sorted(results)
+        merged = _merge([results[k] for k in offsets], offsets)
     finally:
         if owned:
             ray.shutdown()
