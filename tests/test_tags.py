@@ -207,6 +207,15 @@ def test_contradicted_tags_most_confident_first():
                                          ("b.flac", "classical", 0.85, ["Rock"])]
 
 
+def test_a_sub_genre_tag_does_not_contradict_its_genre():
+    # A library tags sub-genres: rock for "Alternative Rock" agrees with the tag; metal for "Hard
+    # Rock" and classical for "Classic Rock" do not.
+    rows = [("a.mp3", "rock", 0.99, ["Alternative Rock"]), ("b.mp3", "metal", 0.98, ["Hard Rock"]),
+            ("c.mp3", "jazz", 0.97, ["Acid-Jazz"]), ("d.mp3", "classical", 0.96, ["Classic Rock"]),
+            ("e.mp3", "pop", 0.95, ["Pop Rock"]), ("f.mp3", "hiphop", 0.94, ["Trip Hop"])]
+    assert [r[0] for r in T.contradicted_tags(rows)] == ["b.mp3", "d.mp3", "f.mp3"]
+
+
 def test_library_tags_compare_write_dry_run(library, tmp_path):
     set_native(library["mp3"], ["Jazz"])
     records = [{"path": str(library[n]), "top": [["rock", 0.7], ["pop", 0.2]]} for n in ("mp3", "flac", "webm")]
