@@ -121,7 +121,7 @@ def _classify_chunk(target: str, settings: tagging.Settings, paths: List[str], t
 #: What a task raises when its worker process died (a decoder crash, the out-of-memory killer, a
 #: lost node): the chunk is then run again song by song, which is why the tasks leave Ray's own
 #: retries off (a deterministic crash would cost three more worker start-ups per try).
-_WORKER_DIED = (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError)
+_WORKER_DIED = (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError, ray.exceptions.NodeDiedError)
 WORKER_DIED_REASON = "the Ray worker process reading it died"
 
 
