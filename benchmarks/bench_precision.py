@@ -170,9 +170,9 @@ def recording_agreement(net, folder, clip_seconds, precisions=("bf16", "int8")):
     """Per-window cosine to fp32 and genre agreement over the recordings of `folder`'s genre sub-folders."""
     import features
     from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
 
     from song import song_patches
-    from sklearn.model_selection import StratifiedKFold
 
     files = sorted(f for d in sorted(Path(folder).iterdir()) if d.is_dir() for f in d.iterdir() if f.is_file())
     labels, embs = [], {p: [] for p in ("fp32",) + tuple(precisions)}

@@ -256,7 +256,6 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
                 pass
 
 
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked workers inherit a patched module")
 def test_a_song_that_kills_its_worker_fails_alone_and_the_batch_goes_on(tmp_path, monkeypatch):
     # A decoder crashing on a file, or the out-of-memory killer, ends a worker process and breaks

@@ -321,16 +321,17 @@ def _extract_source(source: Source, sr: int, clip_seconds: Optional[float], n_ff
             inputs = song_inputs(y, sr, clip_seconds, net, n_fft=n_fft, hop_length=hop_length,
                                  frontend_precision=_WORKER_STATE["precision"])
             return inputs, (song_patches(y, sr, inputs.starts, clip_seconds) if defer else None)
-        feats = extract_features(y, sr, n_fft=n_fft, hop_length=hop_length)[None, :]
-        if defer:  # the whole clip is the one window: its patches, as window_embeddings cuts them
-            from frontend import window_patches
+        feats = extract_features(y, sr, n_fft=n_fft, hop_length=hop_length)[None, :].astype(np.float32)
+        whole = SongInputs(feats, np.zeros(1, np.int64), len(y) / float(sr))
+        if net is None and not defer:
+            return whole, None
+        from frontend import patch_embeddings, window_patches
 
-            return SongInputs(feats.astype(np.float32), np.zeros(1, np.int64), len(y) / float(sr)), [window_patches(y, sr)]
-        if net is not None:
-            from frontend import window_embeddings
-
-            feats = np.concatenate([feats, window_embeddings(net, [y], sr, precision=_WORKER_STATE["precision"])], axis=1)
-        return SongInputs(feats.astype(np.float32), np.zeros(1, np.int64), len(y) / float(sr)), None
+        patches = [window_patches(y, sr)]  # the whole clip is its one window
+        if defer:
+            return whole, patches
+        emb = patch_embeddings(net, patches, precision=_WORKER_STATE["precision"])
+        return SongInputs(np.concatenate([feats, emb], axis=1).astype(np.float32), whole.starts, whole.duration), None
     except AudioError as exc:
         msg = str(exc)
         raise AudioError(name + msg[len("array"):] if msg.startswith("array") else msg) from None
