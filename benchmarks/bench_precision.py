@@ -24,7 +24,8 @@ TensorFlow's answers.
 what the song path sees: every recording cut into ``--clip-seconds`` windows
 (``features.extract_song``), each window's patches cut as the song path cuts them
 (``song.song_patches``) and embedded in fp32, bf16 and int8 (``frontend.patch_embeddings``); per-window cosine to fp32, and a genre classifier (logistic
-regression on the fp32 window embeddings, 5-fold cross-validated with folds by recording) whose
+regression on the fp32 window embeddings, 5-fold cross-validated with folds by artist:
+``artist_folds``, the dev indexes; a recording they do not know is a group of its own) whose
 held-out recordings are then predicted from each precision's embeddings: the share of recordings
 given the same genre as from fp32, and each precision's cross-validated accuracy.
 
@@ -166,12 +167,23 @@ def accuracy(net, emb, base, ref):
     return row
 
 
+def artist_groups(files):
+    """Each file's artist group (`artist_folds`: gtzan-artists.csv, emotify-dev/artists.csv); a file
+    the indexes do not know is a group of its own."""
+    import artist_folds
+
+    known = {}
+    if (artist_folds.DATA / "gtzan-artists.csv").is_file():
+        known = {r.path.resolve(): artist_folds.group_key(r.artist, r.rel) for r in artist_folds.load_recordings()}
+    return np.array([known.get(Path(f).resolve(), artist_folds.group_key("", str(f))) for f in files], dtype=object)
+
+
 def recording_agreement(net, folder, clip_seconds, precisions=("bf16", "int8")):
     """Per-window cosine to fp32 and genre agreement over the recordings of `folder`'s genre sub-folders."""
     import features
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
 
+    import artist_folds
     from song import song_patches
 
     files = sorted(f for d in sorted(Path(folder).iterdir()) if d.is_dir() for f in d.iterdir() if f.is_file())
@@ -190,8 +202,7 @@ def recording_agreement(net, folder, clip_seconds, precisions=("bf16", "int8")):
         cos = F.cosine_similarity(torch.from_numpy(np.concatenate(embs[p])), torch.from_numpy(ref), dim=1)
         out[f"{p}_window_cos_min"], out[f"{p}_window_cos_mean"] = float(cos.min()), float(cos.mean())
     pred = {p: np.empty(len(files), dtype=object) for p in embs}
-    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
-    for train, test in folds.split(np.zeros(len(files)), labels):
+    for train, test in artist_folds.artist_kfold(labels, artist_groups(files), k=5, seed=0):
         x = np.concatenate([embs["fp32"][i] for i in train])
         yl = np.concatenate([[labels[i]] * len(embs["fp32"][i]) for i in train])
         mu, sd = x.mean(0), x.std(0) + 1e-6
@@ -271,7 +282,7 @@ def main(argv=None):
         for p in ("bf16", "int8"):
             print(f"  {p}: per-window cosine to fp32 min {agree[p + '_window_cos_min']:.6f} mean "
                   f"{agree[p + '_window_cos_mean']:.6f}; same genre as fp32 on "
-                  f"{100 * agree[p + '_same_genre_as_fp32']:.1f}% of recordings; 5-fold accuracy "
+                  f"{100 * agree[p + '_same_genre_as_fp32']:.1f}% of recordings; 5-fold-by-artist accuracy "
                   f"{agree[p + '_cv_accuracy']:.3f} (fp32 {agree['fp32_cv_accuracy']:.3f})")
         results.append({"recordings": args.recordings, **agree})
     if args.json:
