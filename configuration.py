@@ -107,8 +107,9 @@ class MusicGenreMoEConfig(PretrainedConfig):
             `"int8"` on CPUs with AVX-512 VNNI and BF16, `"bf16"` with BF16 only, else `"fp32"`;
             `"fp32"` is exact and the same on every machine (training inputs always use it). int8
             embeddings against fp32 (`benchmarks/bench_precision.py`): cosine >= 0.99925 on the 40
-            reference patches, >= 0.99899 (mean 0.99977) on GTZAN mini-dev's 250 6-s windows, and
-            the same genre on all 50 recordings; bf16: >= 0.99962 and >= 0.99951.
+            reference patches, >= 0.99899 (mean 0.99977) on GTZAN mini-dev's 250 6-s windows with
+            the same genre on all 50 recordings, >= 0.99811 on emotify-dev's 800 with the same
+            genre on 79 of 80; bf16: >= 0.99962, >= 0.99951 and >= 0.99955.
         prototypes (`dict[str, list[float]]`, *optional*, defaults to `{}`):
             Few-shot genres added with `model.add_genre`: genre name -> mean of the examples'
             windows in the `prototype_space` (with `prototype_metric="cosine"`, the mean of the
